@@ -1,0 +1,268 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/pki"
+)
+
+// staticPod is a control-plane component as its kubeadm manifest describes it.
+type staticPod struct {
+	name  string            // kube-apiserver, etcd, ...
+	flags map[string]string // --key=value flags of its command
+	probe *corev1.HTTPGetAction
+}
+
+// readStaticPod parses /etc/kubernetes/manifests/<name>.yaml.
+func readStaticPod(root, name string) (*staticPod, error) {
+	data, err := pki.ReadFile(root, filepath.Join(pki.ManifestsDir, name+".yaml"))
+	if err != nil {
+		return nil, err
+	}
+	var pod corev1.Pod
+	if err := yaml.Unmarshal(data, &pod); err != nil {
+		return nil, fmt.Errorf("/%s/%s.yaml: %w", pki.ManifestsDir, name, err)
+	}
+	if len(pod.Spec.Containers) == 0 {
+		return nil, fmt.Errorf("/%s/%s.yaml has no container", pki.ManifestsDir, name)
+	}
+	c := pod.Spec.Containers[0]
+	sp := &staticPod{name: name, flags: map[string]string{}}
+	for _, arg := range append(append([]string{}, c.Command...), c.Args...) {
+		if k, v, ok := strings.Cut(strings.TrimPrefix(arg, "--"), "="); ok && strings.HasPrefix(arg, "--") {
+			sp.flags[k] = v
+		}
+	}
+	for _, p := range []*corev1.Probe{c.ReadinessProbe, c.StartupProbe, c.LivenessProbe} {
+		if p != nil && p.HTTPGet != nil {
+			sp.probe = p.HTTPGet
+			break
+		}
+	}
+	return sp, nil
+}
+
+// healthURL is the component's own HTTP health endpoint from its manifest.
+func (sp *staticPod) healthURL() (string, error) {
+	if sp.probe == nil {
+		return "", fmt.Errorf("%s: manifest has no HTTP probe to check health with", sp.name)
+	}
+	host := sp.probe.Host
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	scheme := strings.ToLower(string(sp.probe.Scheme))
+	if scheme == "" {
+		scheme = "http"
+	}
+	return fmt.Sprintf("%s://%s%s", scheme, net.JoinHostPort(host, sp.probe.Port.String()), sp.probe.Path), nil
+}
+
+// httpClient checks health endpoints. Their serving certificates are
+// self-signed (kube-controller-manager, kube-scheduler) or are what we are
+// rotating, so they are not verified here; the serial checks below are.
+var httpClient = &http.Client{
+	Timeout:   5 * time.Second,
+	Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}, //nolint:gosec // health only
+}
+
+func healthy(ctx context.Context, u string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s answered %s", u, resp.Status)
+	}
+	return nil
+}
+
+// servedCertificate makes a TLS handshake without SNI (as kube-apiserver and
+// etcd peers connect) and returns the leaf the server presented. A client
+// certificate is offered where the server requires one (etcd).
+func servedCertificate(ctx context.Context, addr string, client *tls.Certificate) (*x509.Certificate, error) {
+	var served *x509.Certificate
+	cfg := &tls.Config{
+		InsecureSkipVerify: true, //nolint:gosec // we compare the serial ourselves
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) > 0 {
+				served = cs.PeerCertificates[0]
+			}
+			return nil
+		},
+	}
+	if client != nil {
+		cfg.Certificates = []tls.Certificate{*client}
+	}
+	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: cfg}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if conn != nil {
+		conn.Close()
+	}
+	if served != nil {
+		return served, nil
+	}
+	return nil, fmt.Errorf("TLS handshake with %s: %w", addr, err)
+}
+
+// waitServes waits until addr serves the certificate with the given serial.
+func waitServes(ctx context.Context, addr, serial string, client *tls.Certificate, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last string
+	for {
+		c, err := servedCertificate(ctx, addr, client)
+		if err == nil && c.SerialNumber.String() == serial {
+			return nil
+		}
+		if err != nil {
+			last = err.Error()
+		} else {
+			last = "still serves serial " + c.SerialNumber.String()
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s does not serve the new certificate (serial %s) after %s: %s", addr, serial, timeout, last)
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+}
+
+// hostPort extracts host:port of the first https URL in a comma-separated
+// list such as etcd's --listen-client-urls.
+func hostPort(urls string) (string, error) {
+	for _, s := range strings.Split(urls, ",") {
+		u, err := url.Parse(strings.TrimSpace(s))
+		if err == nil && u.Scheme == "https" && u.Port() != "" {
+			return u.Host, nil
+		}
+	}
+	return "", fmt.Errorf("no https URL with a port in %q", urls)
+}
+
+// process is a running process found in the host's /proc (the agent pod
+// shares the host's PID namespace).
+type process struct {
+	pid       int
+	startTick uint64 // start time in clock ticks since boot
+}
+
+// findProcesses lists processes whose argv[0] has the given base name.
+func findProcesses(procDir, name string) ([]process, error) {
+	entries, err := os.ReadDir(procDir)
+	if err != nil {
+		return nil, err
+	}
+	var out []process
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join(procDir, e.Name(), "cmdline"))
+		if err != nil || len(cmdline) == 0 {
+			continue
+		}
+		argv0, _, _ := bytes.Cut(cmdline, []byte{0})
+		if filepath.Base(string(argv0)) != name {
+			continue
+		}
+		start, err := startTicks(procDir, pid)
+		if err != nil {
+			continue
+		}
+		out = append(out, process{pid: pid, startTick: start})
+	}
+	return out, nil
+}
+
+// startTicks reads field 22 (starttime) of /proc/PID/stat.
+func startTicks(procDir string, pid int) (uint64, error) {
+	data, err := os.ReadFile(filepath.Join(procDir, strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may contain spaces; fields after it are
+	// counted from the closing parenthesis.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("malformed stat of pid %d", pid)
+	}
+	fields := strings.Fields(string(data[i+1:]))
+	if len(fields) < 20 {
+		return 0, fmt.Errorf("malformed stat of pid %d", pid)
+	}
+	return strconv.ParseUint(fields[19], 10, 64)
+}
+
+// onlyProcess returns the single process named name; several (another
+// cluster's nodes would be in other PID namespaces) or none is an error.
+func onlyProcess(procDir, name string) (process, error) {
+	ps, err := findProcesses(procDir, name)
+	if err != nil {
+		return process{}, err
+	}
+	if len(ps) != 1 {
+		return process{}, fmt.Errorf("expected one %s process on the node, found %d", name, len(ps))
+	}
+	return ps[0], nil
+}
+
+// restartStatic stops a static pod's process with sig; the kubelet starts
+// a new container at once (restartPolicy Always). It waits for a new process
+// and for the component's health endpoint. Stopping the process instead of
+// editing the manifest keeps the outage to seconds (see docs: reload.md).
+func restartStatic(ctx context.Context, procDir string, sp *staticPod, sig syscall.Signal, timeout time.Duration) (oldPID, newPID int, err error) {
+	old, err := onlyProcess(procDir, sp.name)
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := syscall.Kill(old.pid, sig); err != nil {
+		return old.pid, 0, fmt.Errorf("signalling %s (pid %d): %w", sp.name, old.pid, err)
+	}
+	u, err := sp.healthURL()
+	if err != nil {
+		return old.pid, 0, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last error
+	for {
+		ps, err := findProcesses(procDir, sp.name)
+		if err == nil && len(ps) == 1 && ps[0].pid != old.pid {
+			if last = healthy(ctx, u); last == nil {
+				return old.pid, ps[0].pid, nil
+			}
+		} else if err != nil {
+			last = err
+		} else {
+			last = fmt.Errorf("waiting for a new %s process (found %d)", sp.name, len(ps))
+		}
+		select {
+		case <-ctx.Done():
+			return old.pid, 0, fmt.Errorf("%s did not come back healthy within %s: %v", sp.name, timeout, last)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,160 @@
+// Package api is the small JSON contract between the plugin (on the user's
+// machine) and the agent (in a pod on each node). The plugin sends one
+// Request on the agent's stdin; the agent answers with one Result on stdout.
+// Only public material crosses it: certificates and certificate requests,
+// never a private key.
+package api
+
+import "time"
+
+// Action is what the agent is asked to do.
+type Action string
+
+const (
+	// Inspect reads the node's layout and certificates and checks that a
+	// renewal of the requested services could proceed. It changes nothing.
+	Inspect Action = "inspect"
+	// Renew backs up, renews the CA-signed files of the requested services,
+	// restarts what cannot reload and proves the rest reloaded. On failure
+	// the node is restored from its backup before the agent answers.
+	Renew Action = "renew"
+	// KubeletCSR generates the kubelet's new key(s) on the node and returns
+	// certificate requests for the plugin to submit to the cluster.
+	KubeletCSR Action = "kubelet-csr"
+	// KubeletInstall installs the issued kubelet certificates and renews the
+	// self-signed serving certificate. The kubelet is restarted separately.
+	KubeletInstall Action = "kubelet-install"
+	// RestartKubelet asks systemd on the host to restart the kubelet.
+	RestartKubelet Action = "restart-kubelet"
+	// KubeletStatus reports the kubelet's process and health.
+	KubeletStatus Action = "kubelet-status"
+	// Rollback restores a backup made by Renew or KubeletInstall.
+	Rollback Action = "rollback"
+)
+
+// Restart policies.
+const (
+	RestartNeeded = "needed" // only components that cannot reload
+	RestartAll    = "all"    // also etcd and kube-apiserver
+)
+
+// Request is what the plugin sends.
+type Request struct {
+	// Version is the plugin's version; the agent refuses any other.
+	Version  string        `json:"version"`
+	Action   Action        `json:"action"`
+	Node     string        `json:"node"`
+	Services []string      `json:"services,omitempty"`
+	Validity time.Duration `json:"validity,omitempty"`
+	Restart  string        `json:"restart,omitempty"`
+	// Backup names a backup folder (for KubeletInstall to join, for Rollback).
+	Backup string `json:"backup,omitempty"`
+	// Issued maps a certificate name (kubelet-client, kubelet-serving) to
+	// the PEM certificate the cluster issued for the node's request.
+	Issued map[string]string `json:"issued,omitempty"`
+	// Since is when the plugin asked for a kubelet restart; KubeletStatus
+	// reports whether the running kubelet started after it.
+	Since time.Time `json:"since,omitzero"`
+}
+
+// Result is what the agent answers. Error is set when the action failed;
+// in that case no file on the node differs from before the action.
+type Result struct {
+	AgentVersion string          `json:"agentVersion"`
+	Node         string          `json:"node"`
+	Error        string          `json:"error,omitempty"`
+	Inspect      *InspectResult  `json:"inspect,omitempty"`
+	Renew        *RenewResult    `json:"renew,omitempty"`
+	CSRs         []CSR           `json:"csrs,omitempty"`
+	Kubelet      *KubeletProcess `json:"kubelet,omitempty"`
+}
+
+// CertInfo describes one certificate on a node (the status schema).
+type CertInfo struct {
+	Node              string     `json:"node"`
+	Name              string     `json:"name"`
+	Path              string     `json:"path"`
+	Service           string     `json:"service,omitempty"`
+	Subject           string     `json:"subject,omitempty"`
+	Serial            string     `json:"serial,omitempty"`
+	NotBefore         *time.Time `json:"notBefore,omitempty"`
+	NotAfter          *time.Time `json:"notAfter,omitempty"`
+	ResidualSeconds   int64      `json:"residualSeconds"`
+	CA                string     `json:"ca,omitempty"`
+	ExternallyManaged bool       `json:"externallyManaged"`
+	Missing           bool       `json:"missing"`
+	KeyAlgorithm      string     `json:"keyAlgorithm,omitempty"`
+	SANs              []string   `json:"sans,omitempty"`
+	Error             string     `json:"error,omitempty"`
+}
+
+// InspectResult is a node's layout and certificates.
+type InspectResult struct {
+	ControlPlane bool       `json:"controlPlane"`
+	Certs        []CertInfo `json:"certs"`
+	CAs          []CertInfo `json:"cas"`
+	// Problems are reasons the requested renewal cannot proceed on this
+	// node. The plugin changes no node while any node reports one.
+	Problems []string `json:"problems,omitempty"`
+	// Notes are facts worth telling the user that do not block (an
+	// externally managed CA whose certificates are skipped, kube-proxy using
+	// a ServiceAccount token).
+	Notes []string `json:"notes,omitempty"`
+	// Plan lists the files the renewal would change.
+	Plan []PlannedChange `json:"plan,omitempty"`
+}
+
+// PlannedChange is one certificate a renewal would replace.
+type PlannedChange struct {
+	Name     string    `json:"name"`
+	Path     string    `json:"path"`
+	Serial   string    `json:"serial"`
+	NotAfter time.Time `json:"notAfter"`
+}
+
+// Change is one certificate that was replaced.
+type Change struct {
+	Name        string    `json:"name"`
+	Path        string    `json:"path"`
+	OldSerial   string    `json:"oldSerial"`
+	NewSerial   string    `json:"newSerial"`
+	OldNotAfter time.Time `json:"oldNotAfter"`
+	NewNotAfter time.Time `json:"newNotAfter"`
+	// CappedToCA is set when NotAfter was limited to the CA's expiry.
+	CappedToCA bool `json:"cappedToCA,omitempty"`
+}
+
+// Restarted is a component the agent restarted.
+type Restarted struct {
+	Component string  `json:"component"`
+	OldPID    int     `json:"oldPID"`
+	NewPID    int     `json:"newPID"`
+	Seconds   float64 `json:"seconds"`
+}
+
+// RenewResult reports a renewal.
+type RenewResult struct {
+	Backup    string      `json:"backup,omitempty"`
+	Changes   []Change    `json:"changes,omitempty"`
+	Restarted []Restarted `json:"restarted,omitempty"`
+	// Verified lists reloads proven without a restart, e.g.
+	// "kube-apiserver serves serial 1234 on 127.0.0.1:6443".
+	Verified []string `json:"verified,omitempty"`
+	Notes    []string `json:"notes,omitempty"`
+}
+
+// CSR is a certificate request generated on the node.
+type CSR struct {
+	Name       string   `json:"name"` // kubelet-client or kubelet-serving
+	SignerName string   `json:"signerName"`
+	Request    string   `json:"request"` // PEM
+	Usages     []string `json:"usages"`
+}
+
+// KubeletProcess is the kubelet's state on the node.
+type KubeletProcess struct {
+	PID          int       `json:"pid"`
+	StartedAt    time.Time `json:"startedAt"`
+	Healthy      bool      `json:"healthy"`
+	StartedAfter bool      `json:"startedAfter"` // started after Request.Since
+}

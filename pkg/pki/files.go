@@ -1,0 +1,217 @@
+package pki
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+)
+
+// ErrMissing is returned (wrapped) when a file of the layout does not exist.
+var ErrMissing = errors.New("file does not exist")
+
+// ReadFile reads a file below root. A missing file yields an error wrapping
+// ErrMissing.
+func ReadFile(root, rel string) ([]byte, error) {
+	full, err := resolve(root, rel)
+	if err != nil {
+		return nil, fmt.Errorf("reading /%s: %w", rel, err)
+	}
+	b, err := os.ReadFile(full)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("/%s: %w", rel, ErrMissing)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading /%s: %w", rel, err)
+	}
+	return b, nil
+}
+
+// resolve follows symlinks below root as the host would: the kubelet links
+// kubelet-client-current.pem to an absolute host path, which inside the
+// agent pod lies below root.
+func resolve(root, rel string) (string, error) {
+	p := filepath.Join(root, rel)
+	for range 16 {
+		st, err := os.Lstat(p)
+		if err != nil || st.Mode()&fs.ModeSymlink == 0 {
+			return p, nil
+		}
+		target, err := os.Readlink(p)
+		if err != nil {
+			return "", err
+		}
+		if filepath.IsAbs(target) {
+			p = filepath.Join(root, target)
+		} else {
+			p = filepath.Join(filepath.Dir(p), target)
+		}
+	}
+	return "", errors.New("too many levels of symbolic links")
+}
+
+// Exists reports whether a file below root exists.
+func Exists(root, rel string) bool {
+	full, err := resolve(root, rel)
+	if err != nil {
+		return false
+	}
+	_, err = os.Stat(full)
+	return err == nil
+}
+
+// ParseCertificatePEM returns the first certificate of a PEM bundle.
+func ParseCertificatePEM(data []byte) (*x509.Certificate, error) {
+	for rest := data; ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			return nil, errors.New("no PEM CERTIFICATE block found")
+		}
+		if block.Type == "CERTIFICATE" {
+			return x509.ParseCertificate(block.Bytes)
+		}
+	}
+}
+
+// ParsePrivateKeyPEM returns the first private key of a PEM bundle (PKCS#1,
+// SEC 1 or PKCS#8).
+func ParsePrivateKeyPEM(data []byte) (crypto.Signer, error) {
+	for rest := data; ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			return nil, errors.New("no PEM private key block found")
+		}
+		switch block.Type {
+		case "RSA PRIVATE KEY":
+			return x509.ParsePKCS1PrivateKey(block.Bytes)
+		case "EC PRIVATE KEY":
+			return x509.ParseECPrivateKey(block.Bytes)
+		case "PRIVATE KEY":
+			k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+			if err != nil {
+				return nil, err
+			}
+			s, ok := k.(crypto.Signer)
+			if !ok {
+				return nil, fmt.Errorf("unsupported private key type %T", k)
+			}
+			return s, nil
+		}
+	}
+}
+
+// ReadCertificate reads and parses the certificate of an inventory entry:
+// from its PEM file, or embedded in its kubeconfig.
+func ReadCertificate(root string, c Cert) (*x509.Certificate, error) {
+	if c.Kubeconfig != "" {
+		_, user, err := readKubeconfigUser(root, c.Kubeconfig)
+		if err != nil {
+			return nil, err
+		}
+		cert, err := ParseCertificatePEM(user.ClientCertificateData)
+		if err != nil {
+			return nil, fmt.Errorf("/%s: client-certificate-data: %w", c.Kubeconfig, err)
+		}
+		return cert, nil
+	}
+	data, err := ReadFile(root, c.CertFile)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := ParseCertificatePEM(data)
+	if err != nil {
+		return nil, fmt.Errorf("/%s: %w", c.CertFile, err)
+	}
+	return cert, nil
+}
+
+// readKubeconfigUser loads a kubeconfig and returns the user of its current
+// context, which must embed its client certificate and key.
+func readKubeconfigUser(root, rel string) (*clientcmdapi.Config, *clientcmdapi.AuthInfo, error) {
+	data, err := ReadFile(root, rel)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg, err := clientcmd.Load(data)
+	if err != nil {
+		return nil, nil, fmt.Errorf("/%s: not a valid kubeconfig: %w", rel, err)
+	}
+	ctx, ok := cfg.Contexts[cfg.CurrentContext]
+	if !ok {
+		return nil, nil, fmt.Errorf("/%s: current context %q not found", rel, cfg.CurrentContext)
+	}
+	user, ok := cfg.AuthInfos[ctx.AuthInfo]
+	if !ok {
+		return nil, nil, fmt.Errorf("/%s: user %q of the current context not found", rel, ctx.AuthInfo)
+	}
+	if len(user.ClientCertificateData) == 0 || len(user.ClientKeyData) == 0 {
+		return nil, nil, fmt.Errorf("/%s: user %q does not embed client-certificate-data and client-key-data; only embedded credentials are rotated", rel, ctx.AuthInfo)
+	}
+	return cfg, user, nil
+}
+
+// readKeyPair reads the certificate and private key of an entry and checks
+// that they belong together.
+func readKeyPair(root string, c Cert) (*x509.Certificate, crypto.Signer, error) {
+	cert, err := ReadCertificate(root, c)
+	if err != nil {
+		return nil, nil, err
+	}
+	var keyPEM []byte
+	if c.Kubeconfig != "" {
+		_, user, err := readKubeconfigUser(root, c.Kubeconfig)
+		if err != nil {
+			return nil, nil, err
+		}
+		keyPEM = user.ClientKeyData
+	} else if keyPEM, err = ReadFile(root, c.KeyFile); err != nil {
+		return nil, nil, err
+	}
+	key, err := ParsePrivateKeyPEM(keyPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("/%s: private key: %w", keyPath(c), err)
+	}
+	if !publicKeysEqual(cert.PublicKey, key.Public()) {
+		return nil, nil, fmt.Errorf("/%s: private key does not match the certificate /%s", keyPath(c), c.Path())
+	}
+	return cert, key, nil
+}
+
+func keyPath(c Cert) string {
+	if c.Kubeconfig != "" {
+		return c.Kubeconfig
+	}
+	return c.KeyFile
+}
+
+func publicKeysEqual(a, b crypto.PublicKey) bool {
+	type equaler interface{ Equal(crypto.PublicKey) bool }
+	e, ok := a.(equaler)
+	return ok && e.Equal(b)
+}
+
+// KeyAlgorithm names a public key's algorithm and size, e.g. "RSA-2048" or
+// "ECDSA-P256".
+func KeyAlgorithm(pub crypto.PublicKey) string {
+	switch k := pub.(type) {
+	case *rsa.PublicKey:
+		return fmt.Sprintf("RSA-%d", k.N.BitLen())
+	case *ecdsa.PublicKey:
+		return "ECDSA-" + k.Curve.Params().Name
+	case ed25519.PublicKey:
+		return "Ed25519"
+	}
+	return fmt.Sprintf("%T", pub)
+}

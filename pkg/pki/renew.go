@@ -1,0 +1,238 @@
+package pki
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"time"
+
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// ClockSkew is subtracted from "now" for NotBefore, so nodes whose clocks lag
+// a little accept a freshly issued certificate.
+const ClockSkew = 5 * time.Minute
+
+// ErrExternalCA is returned (wrapped) when a CA certificate is present but
+// its key is not: the CA is managed outside the cluster and its leaves are
+// not ours to renew.
+var ErrExternalCA = errors.New("CA key not on disk (externally managed CA)")
+
+// Authority is a loaded CA: certificate and signing key.
+type Authority struct {
+	CA   CA
+	Cert *x509.Certificate
+	Key  crypto.Signer
+}
+
+// LoadAuthority reads a CA and checks that key and certificate match. A CA
+// whose certificate exists without its key yields ErrExternalCA.
+func LoadAuthority(root string, ca CA) (*Authority, error) {
+	certPEM, err := ReadFile(root, ca.CertFile)
+	if err != nil {
+		return nil, fmt.Errorf("CA %s: %w", ca.Name, err)
+	}
+	cert, err := ParseCertificatePEM(certPEM)
+	if err != nil {
+		return nil, fmt.Errorf("CA %s: /%s: %w", ca.Name, ca.CertFile, err)
+	}
+	if !cert.IsCA {
+		return nil, fmt.Errorf("CA %s: /%s is not a CA certificate", ca.Name, ca.CertFile)
+	}
+	keyPEM, err := ReadFile(root, ca.KeyFile)
+	if errors.Is(err, ErrMissing) {
+		return nil, fmt.Errorf("CA %s: /%s: %w", ca.Name, ca.KeyFile, ErrExternalCA)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("CA %s: %w", ca.Name, err)
+	}
+	key, err := ParsePrivateKeyPEM(keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("CA %s: /%s: %w", ca.Name, ca.KeyFile, err)
+	}
+	if !publicKeysEqual(cert.PublicKey, key.Public()) {
+		return nil, fmt.Errorf("CA %s: /%s does not match /%s", ca.Name, ca.KeyFile, ca.CertFile)
+	}
+	return &Authority{CA: ca, Cert: cert, Key: key}, nil
+}
+
+// NewKeyLike generates a new private key of the same algorithm and size as
+// pub: renewal keeps RSA-2048 as RSA-2048 and ECDSA-P256 as ECDSA-P256.
+func NewKeyLike(pub crypto.PublicKey) (crypto.Signer, error) {
+	switch k := pub.(type) {
+	case *rsa.PublicKey:
+		return rsa.GenerateKey(rand.Reader, k.N.BitLen())
+	case *ecdsa.PublicKey:
+		return ecdsa.GenerateKey(k.Curve, rand.Reader)
+	case ed25519.PublicKey:
+		_, priv, err := ed25519.GenerateKey(rand.Reader)
+		return priv, err
+	}
+	return nil, fmt.Errorf("unsupported public key type %T", pub)
+}
+
+// NewECDSAKey is the default for keys with no predecessor.
+func NewECDSAKey() (crypto.Signer, error) { return ecdsa.GenerateKey(elliptic.P256(), rand.Reader) }
+
+// Template returns a certificate template that keeps what identifies and
+// limits old (subject, SANs, key usages, basic constraints) and gets a new
+// serial and validity.
+func Template(old *x509.Certificate, validity time.Duration, now time.Time) (*x509.Certificate, error) {
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, fmt.Errorf("generating serial: %w", err)
+	}
+	return &x509.Certificate{
+		SerialNumber:          serial.Add(serial, big.NewInt(1)), // never zero
+		RawSubject:            old.RawSubject,
+		Subject:               old.Subject,
+		DNSNames:              old.DNSNames,
+		IPAddresses:           old.IPAddresses,
+		URIs:                  old.URIs,
+		EmailAddresses:        old.EmailAddresses,
+		KeyUsage:              old.KeyUsage,
+		ExtKeyUsage:           old.ExtKeyUsage,
+		UnknownExtKeyUsage:    old.UnknownExtKeyUsage,
+		BasicConstraintsValid: old.BasicConstraintsValid,
+		IsCA:                  old.IsCA,
+		NotBefore:             now.Add(-ClockSkew).UTC(),
+		NotAfter:              now.Add(validity).UTC(),
+	}, nil
+}
+
+// Issued is a renewed certificate and its new key, PEM encoded.
+type Issued struct {
+	Cert    *x509.Certificate
+	CertPEM []byte
+	KeyPEM  []byte
+	// Capped is set when the requested validity reached past the CA's
+	// expiry and NotAfter was limited to the CA's NotAfter.
+	Capped bool
+}
+
+// Sign issues tmpl for pub with the authority, limiting NotAfter to the
+// CA's own expiry.
+func (a *Authority) Sign(tmpl *x509.Certificate, pub crypto.PublicKey) (*x509.Certificate, bool, error) {
+	capped := false
+	if tmpl.NotAfter.After(a.Cert.NotAfter) {
+		tmpl.NotAfter = a.Cert.NotAfter
+		capped = true
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.Cert, pub, a.Key)
+	if err != nil {
+		return nil, false, fmt.Errorf("signing with CA %s: %w", a.CA.Name, err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	return cert, capped, err
+}
+
+// Renew issues a successor of old: same subject, SANs, usages and key
+// algorithm, a new key and serial, signed by a.
+func (a *Authority) Renew(old *x509.Certificate, validity time.Duration, now time.Time) (*Issued, error) {
+	if err := old.CheckSignatureFrom(a.Cert); err != nil {
+		return nil, fmt.Errorf("certificate %q was not signed by CA %s (%v): refusing to re-sign it with a different CA", old.Subject.CommonName, a.CA.Name, err)
+	}
+	key, err := NewKeyLike(old.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	tmpl, err := Template(old, validity, now)
+	if err != nil {
+		return nil, err
+	}
+	cert, capped, err := a.Sign(tmpl, key.Public())
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, err := EncodeKeyPEM(key)
+	if err != nil {
+		return nil, err
+	}
+	return &Issued{Cert: cert, CertPEM: EncodeCertPEM(cert), KeyPEM: keyPEM, Capped: capped}, nil
+}
+
+// EncodeCertPEM encodes a certificate as PEM.
+func EncodeCertPEM(c *x509.Certificate) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+}
+
+// EncodeKeyPEM encodes a key the way kubeadm writes them: PKCS#1 for RSA,
+// SEC 1 for ECDSA, PKCS#8 otherwise.
+func EncodeKeyPEM(key crypto.Signer) ([]byte, error) {
+	switch k := key.(type) {
+	case *rsa.PrivateKey:
+		return pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(k)}), nil
+	case *ecdsa.PrivateKey:
+		der, err := x509.MarshalECPrivateKey(k)
+		if err != nil {
+			return nil, err
+		}
+		return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), nil
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
+
+// File is one file to write below the root.
+type File struct {
+	Path string // relative to the root
+	Data []byte
+	Mode uint32
+}
+
+// Renewal is the planned renewal of one inventory entry: the old and new
+// certificate and the files that carry the new one.
+type Renewal struct {
+	Cert  Cert
+	Old   *x509.Certificate
+	New   *Issued
+	Files []File
+}
+
+// PlanRenewal computes (in memory, writing nothing) the renewal of an entry
+// signed on disk: a new key and certificate, and for kubeconfigs the file
+// with the new embedded credentials and everything else unchanged.
+func PlanRenewal(root string, c Cert, a *Authority, validity time.Duration, now time.Time) (*Renewal, error) {
+	if c.Method != SignedOnDisk {
+		return nil, fmt.Errorf("%s is not signed by a CA on disk", c.Name)
+	}
+	old, _, err := readKeyPair(root, c)
+	if err != nil {
+		return nil, err
+	}
+	issued, err := a.Renew(old, validity, now)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", c.Name, err)
+	}
+	r := &Renewal{Cert: c, Old: old, New: issued}
+	if c.Kubeconfig != "" {
+		cfg, user, err := readKubeconfigUser(root, c.Kubeconfig)
+		if err != nil {
+			return nil, err
+		}
+		user.ClientCertificateData = issued.CertPEM
+		user.ClientKeyData = issued.KeyPEM
+		data, err := clientcmd.Write(*cfg)
+		if err != nil {
+			return nil, fmt.Errorf("/%s: encoding kubeconfig: %w", c.Kubeconfig, err)
+		}
+		r.Files = []File{{Path: c.Kubeconfig, Data: data, Mode: 0o600}}
+		return r, nil
+	}
+	r.Files = []File{
+		{Path: c.CertFile, Data: issued.CertPEM, Mode: 0o644},
+		{Path: c.KeyFile, Data: issued.KeyPEM, Mode: 0o600},
+	}
+	return r, nil
+}
