@@ -60,7 +60,7 @@ func (a *Agent) Handle(ctx context.Context, req api.Request) api.Result {
 	case api.RestartKubelet:
 		err = a.restartKubelet(ctx)
 	case api.KubeletStatus:
-		res.Kubelet, err = a.kubeletStatus(ctx, req.Since)
+		res.Kubelet, err = a.kubeletStatus(ctx)
 	case api.Rollback:
 		err = a.rollback(req.Backup)
 	default:

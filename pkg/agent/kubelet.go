@@ -258,9 +258,9 @@ func (a *Agent) restartKubelet(ctx context.Context) error {
 	return nil
 }
 
-// kubeletStatus reports the running kubelet and whether it started after
-// since and answers its health endpoint.
-func (a *Agent) kubeletStatus(ctx context.Context, since time.Time) (*api.KubeletProcess, error) {
+// kubeletStatus reports the running kubelet and whether it answers its
+// health endpoint.
+func (a *Agent) kubeletStatus(ctx context.Context) (*api.KubeletProcess, error) {
 	p, err := onlyProcess(a.ProcDir, "kubelet")
 	if err != nil {
 		return nil, err
@@ -271,7 +271,7 @@ func (a *Agent) kubeletStatus(ctx context.Context, since time.Time) (*api.Kubele
 	}
 	// Clock ticks are 1/100 s on every Linux architecture Kubernetes runs on.
 	started := boot.Add(time.Duration(p.startTick) * 10 * time.Millisecond)
-	st := &api.KubeletProcess{PID: p.pid, StartedAt: started.UTC(), StartedAfter: !since.IsZero() && started.After(since.Add(-time.Second))}
+	st := &api.KubeletProcess{PID: p.pid, StartedAt: started.UTC()}
 	st.Healthy = healthy(ctx, "http://"+a.kubeletHealthz()) == nil
 	return st, nil
 }

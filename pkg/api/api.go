@@ -7,6 +7,19 @@ package api
 
 import "time"
 
+// Where the agent pod mounts things; shared by the pod spec (orchestrator)
+// and the agent.
+const (
+	// HostRoot is where the host's directories are mounted in the pod.
+	HostRoot = "/host"
+	// ResultsDir is an emptyDir in the pod where the agent keeps each
+	// action's result, so a result survives a broken exec stream (an
+	// action that restarts kube-apiserver or the kubelet cuts its own).
+	ResultsDir = "/results"
+	// Binary is the binary's path in the agent image.
+	Binary = "/kubectl-rotate_certs"
+)
+
 // Action is what the agent is asked to do.
 type Action string
 
@@ -26,7 +39,8 @@ const (
 	KubeletInstall Action = "kubelet-install"
 	// RestartKubelet asks systemd on the host to restart the kubelet.
 	RestartKubelet Action = "restart-kubelet"
-	// KubeletStatus reports the kubelet's process and health.
+	// KubeletStatus reports the kubelet's process and health; a restart
+	// is proven by a new PID that answers healthz.
 	KubeletStatus Action = "kubelet-status"
 	// Rollback restores a backup made by Renew or KubeletInstall.
 	Rollback Action = "rollback"
@@ -40,6 +54,8 @@ const (
 
 // Request is what the plugin sends.
 type Request struct {
+	// ID names this call; the agent files its result under it.
+	ID string `json:"id"`
 	// Version is the plugin's version; the agent refuses any other.
 	Version  string        `json:"version"`
 	Action   Action        `json:"action"`
@@ -52,9 +68,6 @@ type Request struct {
 	// Issued maps a certificate name (kubelet-client, kubelet-serving) to
 	// the PEM certificate the cluster issued for the node's request.
 	Issued map[string]string `json:"issued,omitempty"`
-	// Since is when the plugin asked for a kubelet restart; KubeletStatus
-	// reports whether the running kubelet started after it.
-	Since time.Time `json:"since,omitzero"`
 }
 
 // Result is what the agent answers. Error is set when the action failed;
@@ -153,8 +166,7 @@ type CSR struct {
 
 // KubeletProcess is the kubelet's state on the node.
 type KubeletProcess struct {
-	PID          int       `json:"pid"`
-	StartedAt    time.Time `json:"startedAt"`
-	Healthy      bool      `json:"healthy"`
-	StartedAfter bool      `json:"startedAfter"` // started after Request.Since
+	PID       int       `json:"pid"`
+	StartedAt time.Time `json:"startedAt"`
+	Healthy   bool      `json:"healthy"`
 }

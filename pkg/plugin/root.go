@@ -16,17 +16,39 @@ import (
 
 // NewCmdRotateCerts builds the root command "kubectl rotate-certs".
 func NewCmdRotateCerts(streams genericiooptions.IOStreams) *cobra.Command {
+	o := NewRotateOptions(streams)
 	cmd := &cobra.Command{
-		Use:           "kubectl rotate-certs",
-		Short:         "Rotate the certificates of a kubeadm-layout cluster on every node",
+		Use:   "rotate-certs (--all | --service NAME[,NAME]) [flags]",
+		// kubectl shows plugins by their kubectl name.
+		Annotations: map[string]string{cobra.CommandDisplayNameAnnotation: "kubectl rotate-certs"},
+		Short: "Rotate the certificates of a kubeadm-layout cluster on every node",
+		Long: `Rotate the certificates of a kubeadm-layout cluster (kubeadm, kind, Cluster API,
+kubespray) on every node, keeping the CAs. Short-lived privileged agent pods
+renew the certificates on the nodes, restart what cannot reload the new ones
+(kube-controller-manager, kube-scheduler, kubelet) and prove the rest reloaded.
+Private keys never leave the node they live on.`,
+		Example:       rotateExample,
 		Version:       version.Version,
+		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: false,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if err := o.Complete(); err != nil {
+				return err
+			}
+			if err := o.Validate(); err != nil {
+				return err
+			}
+			ctx, cancel := signalContext()
+			defer cancel()
+			return o.Run(ctx)
+		},
 	}
+	o.addFlags(cmd)
 	cmd.SetOut(streams.Out)
 	cmd.SetErr(streams.ErrOut)
 	cmd.SetVersionTemplate("{{.Version}}\n")
-	cmd.AddCommand(newCmdVersion(streams))
+	cmd.AddCommand(newCmdVersion(streams), NewCmdStatus(streams), newCmdAgent(streams))
 	return cmd
 }
 

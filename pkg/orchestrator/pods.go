@@ -1,0 +1,155 @@
+// Package orchestrator runs on the user's machine. It finds the nodes,
+// starts one agent pod per node, drives the agents through their JSON
+// contract (pkg/api), gets kubelet certificates signed through the
+// CertificateSigningRequest API, orders the work (control planes one at a
+// time, workers with bounded parallelism), checks health, and always deletes
+// its pods.
+package orchestrator
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/api"
+)
+
+const (
+	// Namespace is where agent pods run: system-node-critical pods are
+	// only admitted there by default.
+	Namespace = "kube-system"
+	// LabelApp marks every agent pod, for cleanup and for users.
+	LabelApp = "app.kubernetes.io/name"
+	// AppName is LabelApp's value.
+	AppName = "rotate-certs-agent"
+	// LabelRun ties a pod to one invocation of the plugin.
+	LabelRun      = "rotate-certs.io/run"
+	containerName = "agent"
+)
+
+// PodSpecOptions shapes an agent pod.
+type PodSpecOptions struct {
+	Node  string
+	Image string
+	RunID string
+	// ReadOnly pods (status) mount the host read-only and get no
+	// privileges, no host PID namespace and no systemd socket.
+	ReadOnly bool
+}
+
+// AgentPod returns the pod that runs the agent on one node: pinned by
+// nodeName (no scheduler needed, works on cordoned nodes), tolerating every
+// taint, system-node-critical, privileged with the host's PID and network
+// namespaces (to signal static pods and handshake with their local ports).
+func AgentPod(o PodSpecOptions) *corev1.Pod {
+	hostDirs := []struct{ name, path string }{
+		{"etc-kubernetes", "/etc/kubernetes"},
+		{"var-lib-kubelet", "/var/lib/kubelet"},
+	}
+	if !o.ReadOnly {
+		hostDirs = append(hostDirs, struct{ name, path string }{"run-systemd", "/run/systemd"})
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			GenerateName: "rotate-certs-" + truncate(o.Node, 40) + "-",
+			Namespace:    Namespace,
+			Labels:       map[string]string{LabelApp: AppName, LabelRun: o.RunID},
+		},
+		Spec: corev1.PodSpec{
+			NodeName:                      o.Node,
+			RestartPolicy:                 corev1.RestartPolicyNever,
+			Tolerations:                   []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+			PriorityClassName:             "system-node-critical",
+			AutomountServiceAccountToken:  ptr.To(false),
+			EnableServiceLinks:            ptr.To(false),
+			TerminationGracePeriodSeconds: ptr.To[int64](1),
+			HostPID:                       !o.ReadOnly,
+			HostNetwork:                   !o.ReadOnly,
+			Containers: []corev1.Container{{
+				Name:            containerName,
+				Image:           o.Image,
+				ImagePullPolicy: corev1.PullIfNotPresent,
+				Command:         []string{api.Binary, "agent", "serve"},
+				SecurityContext: &corev1.SecurityContext{Privileged: ptr.To(!o.ReadOnly), RunAsUser: ptr.To[int64](0)},
+				VolumeMounts:    []corev1.VolumeMount{{Name: "results", MountPath: api.ResultsDir}},
+			}},
+			Volumes: []corev1.Volume{{Name: "results", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}},
+		},
+	}
+	for _, d := range hostDirs {
+		pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{Name: d.name, VolumeSource: corev1.VolumeSource{
+			HostPath: &corev1.HostPathVolumeSource{Path: d.path, Type: ptr.To(corev1.HostPathDirectory)}}})
+		pod.Spec.Containers[0].VolumeMounts = append(pod.Spec.Containers[0].VolumeMounts,
+			corev1.VolumeMount{Name: d.name, MountPath: api.HostRoot + d.path, ReadOnly: o.ReadOnly})
+	}
+	return pod
+}
+
+func truncate(s string, n int) string {
+	s = strings.TrimSuffix(s[:min(len(s), n)], ".")
+	return strings.TrimSuffix(s, "-")
+}
+
+// startPod creates an agent pod and waits until it runs. A pod that cannot
+// start (image not pullable, node unreachable) is reported with the reason.
+func startPod(ctx context.Context, c kubernetes.Interface, o PodSpecOptions, timeout time.Duration) (*corev1.Pod, error) {
+	created, err := c.CoreV1().Pods(Namespace).Create(ctx, AgentPod(o), metav1.CreateOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("node %s: creating the agent pod in %s: %w", o.Node, Namespace, err)
+	}
+	var pod *corev1.Pod
+	var reason string
+	err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		p, err := c.CoreV1().Pods(Namespace).Get(ctx, created.Name, metav1.GetOptions{})
+		if err != nil {
+			reason = err.Error()
+			return false, nil
+		}
+		pod = p
+		switch p.Status.Phase {
+		case corev1.PodRunning:
+			return true, nil
+		case corev1.PodFailed, corev1.PodSucceeded:
+			return false, fmt.Errorf("agent pod %s ended (%s): %s", p.Name, p.Status.Phase, p.Status.Message)
+		}
+		for _, cs := range p.Status.ContainerStatuses {
+			if w := cs.State.Waiting; w != nil && w.Reason != "" && w.Reason != "ContainerCreating" {
+				reason = w.Reason + ": " + w.Message
+				if w.Reason == "ErrImagePull" || w.Reason == "ImagePullBackOff" || w.Reason == "InvalidImageName" {
+					return false, fmt.Errorf("the agent image %s cannot be pulled on node %s (%s); point --image at a registry the node can reach", o.Image, o.Node, reason)
+				}
+			}
+		}
+		if reason == "" {
+			reason = "pod is " + string(p.Status.Phase)
+		}
+		return false, nil
+	})
+	if err != nil {
+		if wait.Interrupted(err) {
+			err = fmt.Errorf("the agent pod did not start within %s (%s); is the node reachable and Ready?", timeout, reason)
+		}
+		if pod == nil {
+			pod = created
+		}
+		return pod, fmt.Errorf("node %s: %w", o.Node, err)
+	}
+	return pod, nil
+}
+
+// deleteRunPods deletes every pod of this run. It uses its own context so
+// cleanup also happens after Ctrl-C cancelled the run's context.
+func deleteRunPods(c kubernetes.Interface, runID string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return c.CoreV1().Pods(Namespace).DeleteCollection(ctx,
+		metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)},
+		metav1.ListOptions{LabelSelector: LabelRun + "=" + runID})
+}

@@ -1,0 +1,57 @@
+package orchestrator
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/api"
+)
+
+// NodeStatus is one node's certificates, or why they could not be read.
+type NodeStatus struct {
+	Node         string
+	ControlPlane bool
+	Certs        []api.CertInfo
+	CAs          []api.CertInfo
+	Error        string
+}
+
+// Status reads every certificate on the selected nodes through read-only
+// agent pods (no privileges, read-only mounts). A node that cannot be read
+// is reported with its error; the others are still reported.
+func (r *Runner) Status(ctx context.Context, names []string, selector string, parallelism int) (out []NodeStatus, err error) {
+	nodes, err := SelectNodes(ctx, r.Client, names, selector)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.Preflight(ctx, false, false); err != nil {
+		return nil, err
+	}
+	runID := newRunID()
+	defer func() {
+		if derr := deleteRunPods(r.Client, runID); derr != nil && err == nil {
+			err = fmt.Errorf("deleting agent pods (label %s=%s): %w", LabelRun, runID, derr)
+		}
+	}()
+	agents, startErrs := r.startAgents(ctx, nodes, runID, true, max(parallelism, 4))
+	out = make([]NodeStatus, len(nodes))
+	errs := forEach(ctx, len(nodes), max(parallelism, 4), func(i int) error {
+		out[i] = NodeStatus{Node: nodes[i].Name, ControlPlane: IsControlPlane(&nodes[i])}
+		if startErrs[i] != nil {
+			return startErrs[i]
+		}
+		res, err := r.call(ctx, agents[i], api.Request{Action: api.Inspect})
+		if err != nil {
+			return err
+		}
+		out[i].ControlPlane = res.Inspect.ControlPlane
+		out[i].Certs, out[i].CAs = res.Inspect.Certs, res.Inspect.CAs
+		return nil
+	})
+	for i, e := range errs {
+		if e != nil {
+			out[i].Error = e.Error()
+		}
+	}
+	return out, nil
+}

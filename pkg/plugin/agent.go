@@ -1,0 +1,40 @@
+package plugin
+
+import (
+	"context"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/agent"
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/api"
+)
+
+// newCmdAgent is the node side of the binary, run in the agent pods. It is
+// hidden: users never call it.
+func newCmdAgent(streams genericiooptions.IOStreams) *cobra.Command {
+	cmd := &cobra.Command{Use: "agent", Hidden: true, Short: "Node agent (runs inside the agent pods)"}
+	cmd.AddCommand(&cobra.Command{
+		Use: "serve", Short: "Wait until stopped; actions are exec'd beside it", Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error { return agent.Serve(c.Context()) },
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use: "exec", Short: "Perform the JSON request read from stdin", Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return agent.New(api.HostRoot).Exec(context.Background(), streams.In, streams.Out, api.ResultsDir)
+		},
+	})
+	var id string
+	var wait time.Duration
+	result := &cobra.Command{
+		Use: "result", Short: "Print the filed result of an earlier request", Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return agent.FetchResult(c.Context(), id, api.ResultsDir, wait, streams.Out)
+		},
+	}
+	result.Flags().StringVar(&id, "id", "", "request id")
+	result.Flags().DurationVar(&wait, "wait", 30*time.Second, "how long to wait for a running request")
+	cmd.AddCommand(result)
+	return cmd
+}

@@ -1,0 +1,217 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/api"
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/orchestrator"
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/pki"
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/version"
+)
+
+const rotateExample = `  # Rotate every certificate on every node, keeping the CAs
+  kubectl rotate-certs --all
+
+  # Show what would be rotated, change nothing
+  kubectl rotate-certs --all --dry-run
+
+  # Rotate only etcd's certificates
+  kubectl rotate-certs --service etcd
+
+  # After a key leak: rotate everything and restart etcd and kube-apiserver too
+  kubectl rotate-certs --all --restart=all
+
+  # Renew the kubelet certificates of two nodes
+  kubectl rotate-certs --service kubelet --nodes node-a,node-b`
+
+// commonFlags are the node selection and agent flags rotate and status share.
+type commonFlags struct {
+	configFlags *genericclioptions.ConfigFlags
+	genericiooptions.IOStreams
+	nodes       []string
+	selector    string
+	image       string
+	timeout     time.Duration
+	parallelism int
+
+	runner *orchestrator.Runner
+}
+
+func (f *commonFlags) addFlags(cmd *cobra.Command) {
+	cmd.Flags().StringSliceVar(&f.nodes, "nodes", nil, "Only these nodes (comma-separated or repeated)")
+	cmd.Flags().StringVarP(&f.selector, "selector", "l", "", "Only nodes matching this label selector")
+	cmd.Flags().StringVar(&f.image, "image", version.DefaultImage(), "Agent image run on the nodes (point it at your mirror in air-gapped clusters)")
+	cmd.Flags().DurationVar(&f.timeout, "timeout", 5*time.Minute, "Longest wait for any single step (pod start, component restart, CSR signing, node Ready)")
+	cmd.Flags().IntVar(&f.parallelism, "parallelism", 2, "Worker nodes worked on at the same time (control planes always go one at a time)")
+}
+
+// connect builds the clients from the kubeconfig flags.
+func (f *commonFlags) connect() error {
+	config, err := f.configFlags.ToRESTConfig()
+	if err != nil {
+		return fmt.Errorf("loading kubeconfig: %w", err)
+	}
+	client, err := kubernetes.NewForConfig(config)
+	if err != nil {
+		return err
+	}
+	f.runner = &orchestrator.Runner{
+		Client: client, Exec: orchestrator.NewExecutor(config, client),
+		Image: f.image, Log: f.ErrOut, Timeout: f.timeout,
+	}
+	return nil
+}
+
+func (f *commonFlags) validate() error {
+	if f.parallelism < 1 {
+		return fmt.Errorf("--parallelism must be at least 1, got %d", f.parallelism)
+	}
+	if f.timeout <= 0 {
+		return fmt.Errorf("--timeout must be positive, got %s", f.timeout)
+	}
+	if strings.TrimSpace(f.image) == "" {
+		return errors.New("--image must name the agent image")
+	}
+	for _, n := range f.nodes {
+		if strings.TrimSpace(n) == "" {
+			return errors.New("--nodes contains an empty node name")
+		}
+	}
+	return nil
+}
+
+// RotateOptions are the options of "kubectl rotate-certs".
+type RotateOptions struct {
+	commonFlags
+	all      bool
+	services []string
+	validity time.Duration
+	restart  string
+	dryRun   bool
+
+	resolved []pki.Service
+}
+
+// NewRotateOptions returns options with defaults.
+func NewRotateOptions(streams genericiooptions.IOStreams) *RotateOptions {
+	return &RotateOptions{commonFlags: commonFlags{configFlags: genericclioptions.NewConfigFlags(true), IOStreams: streams}}
+}
+
+func (o *RotateOptions) addFlags(cmd *cobra.Command) {
+	o.commonFlags.addFlags(cmd)
+	names := make([]string, len(pki.Services))
+	for i, s := range pki.Services {
+		names[i] = string(s)
+	}
+	cmd.Flags().BoolVar(&o.all, "all", false, "Rotate every service's certificates, and admin.conf/super-admin.conf")
+	cmd.Flags().StringSliceVar(&o.services, "service", nil, "Service(s) to rotate: "+strings.Join(names, ", "))
+	cmd.Flags().DurationVar(&o.validity, "validity", 8760*time.Hour, "Validity of the new certificates (capped at the CA's expiry)")
+	cmd.Flags().StringVar(&o.restart, "restart", api.RestartNeeded, "needed: restart only what cannot reload (kube-controller-manager, kube-scheduler, kubelet); all: also restart etcd and kube-apiserver so no connection keeps an old certificate")
+	cmd.Flags().BoolVar(&o.dryRun, "dry-run", false, "Print the plan (node, certificate, current expiry) and change nothing")
+	o.configFlags.AddFlags(cmd.Flags())
+}
+
+// Complete resolves --all and --service into the services to rotate.
+func (o *RotateOptions) Complete() error {
+	if o.all {
+		o.resolved = append(append([]pki.Service{}, pki.Services...), pki.ServiceAdmin)
+	}
+	seen := map[pki.Service]bool{}
+	for _, name := range o.services {
+		s, err := pki.ParseService(name)
+		if err != nil {
+			return err
+		}
+		if !seen[s] {
+			seen[s] = true
+			o.resolved = append(o.resolved, s)
+		}
+	}
+	pki.SortServices(o.resolved)
+	return nil
+}
+
+// Validate rejects bad input before anything touches the cluster.
+func (o *RotateOptions) Validate() error {
+	if o.all && len(o.services) > 0 {
+		return errors.New("--all and --service exclude each other: use one")
+	}
+	if !o.all && len(o.services) == 0 {
+		return errors.New("say what to rotate: --all, or --service with one or more services")
+	}
+	if o.restart != api.RestartNeeded && o.restart != api.RestartAll {
+		return fmt.Errorf("--restart must be %q or %q, got %q", api.RestartNeeded, api.RestartAll, o.restart)
+	}
+	if o.validity < time.Hour {
+		return fmt.Errorf("--validity must be at least 1h, got %s", o.validity)
+	}
+	return o.validate()
+}
+
+// Run rotates and prints the report: progress on stderr, the table on stdout.
+func (o *RotateOptions) Run(ctx context.Context) error {
+	if err := o.connect(); err != nil {
+		return err
+	}
+	rep, err := o.runner.Rotate(ctx, orchestrator.RotateOptions{
+		Services: o.resolved, NodeNames: o.nodes, Selector: o.selector, Validity: o.validity,
+		Restart: o.restart, Parallelism: o.parallelism, DryRun: o.dryRun,
+	})
+	if rep != nil {
+		printReport(o.Out, o.ErrOut, rep)
+	}
+	return err
+}
+
+func printReport(out, errOut io.Writer, rep *orchestrator.Report) {
+	for _, n := range rep.Notes {
+		fmt.Fprintln(errOut, "note: "+n)
+	}
+	if len(rep.Rows) == 0 {
+		return
+	}
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	if rep.DryRun {
+		fmt.Fprintln(w, "NODE\tCERTIFICATE\tPATH\tSERIAL\tEXPIRES")
+		for _, r := range rep.Rows {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", r.Node, r.Certificate, r.Path, r.OldSerial, r.OldNotAfter.Format(time.RFC3339))
+		}
+	} else {
+		fmt.Fprintln(w, "NODE\tCERTIFICATE\tOLD SERIAL -> NEW SERIAL\tOLD EXPIRY -> NEW EXPIRY")
+		for _, r := range rep.Rows {
+			fmt.Fprintf(w, "%s\t%s\t%s -> %s\t%s -> %s\n", r.Node, r.Certificate, shortSerial(r.OldSerial), shortSerial(r.NewSerial),
+				r.OldNotAfter.Format(time.RFC3339), r.NewNotAfter.Format(time.RFC3339))
+		}
+	}
+	w.Flush()
+	if rep.DryRun {
+		fmt.Fprintln(errOut, "dry run: nothing was changed")
+	}
+}
+
+// shortSerial keeps tables readable; serials are decimal and long.
+func shortSerial(s string) string {
+	if len(s) > 12 {
+		return s[:6] + "…" + s[len(s)-5:]
+	}
+	return s
+}
+
+// signalContext is cancelled on Ctrl-C or SIGTERM, so runs stop and clean up.
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}

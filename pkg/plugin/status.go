@@ -1,0 +1,231 @@
+package plugin
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"sigs.k8s.io/yaml"
+
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/api"
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/orchestrator"
+)
+
+// StatusOptions are the options of "kubectl rotate-certs status".
+type StatusOptions struct {
+	commonFlags
+	output     string
+	warnWithin string
+
+	warn time.Duration
+}
+
+// StatusReport is the machine-readable output of status (-o json|yaml).
+type StatusReport struct {
+	Certificates           []api.CertInfo `json:"certificates"`
+	CertificateAuthorities []api.CertInfo `json:"certificateAuthorities"`
+	Errors                 []NodeError    `json:"errors,omitempty"`
+}
+
+// NodeError is a node whose certificates could not be read.
+type NodeError struct {
+	Node  string `json:"node"`
+	Error string `json:"error"`
+}
+
+// NewCmdStatus builds "kubectl rotate-certs status".
+func NewCmdStatus(streams genericiooptions.IOStreams) *cobra.Command {
+	o := &StatusOptions{commonFlags: commonFlags{configFlags: genericclioptions.NewConfigFlags(true), IOStreams: streams}}
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show every certificate on every node and when it expires (read-only)",
+		Example: `  # Every certificate of every node
+  kubectl rotate-certs status
+
+  # Fail (exit 1) when anything expires within 30 days, e.g. in a CronJob
+  kubectl rotate-certs status --warn-within 30d -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if err := o.Complete(); err != nil {
+				return err
+			}
+			if err := o.Validate(); err != nil {
+				return err
+			}
+			ctx, cancel := signalContext()
+			defer cancel()
+			return o.Run(ctx)
+		},
+	}
+	o.commonFlags.addFlags(cmd)
+	cmd.Flags().StringVarP(&o.output, "output", "o", "", "Output format: json or yaml (default: tables)")
+	cmd.Flags().StringVar(&o.warnWithin, "warn-within", "", "Exit non-zero if any certificate expires within this duration (e.g. 30d, 72h)")
+	o.configFlags.AddFlags(cmd.Flags())
+	return cmd
+}
+
+// Complete parses --warn-within.
+func (o *StatusOptions) Complete() error {
+	if o.warnWithin == "" {
+		return nil
+	}
+	d, err := parseDays(o.warnWithin)
+	if err != nil {
+		return fmt.Errorf("--warn-within: %w", err)
+	}
+	o.warn = d
+	return nil
+}
+
+// parseDays accepts Go durations plus a "d" (days) suffix.
+func parseDays(s string) (time.Duration, error) {
+	if v, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.ParseFloat(v, 64)
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("%q is not a number of days", s)
+		}
+		return time.Duration(n * float64(24*time.Hour)), nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("%q is not a duration like 30d or 72h", s)
+	}
+	return d, nil
+}
+
+// Validate checks the flags.
+func (o *StatusOptions) Validate() error {
+	switch o.output {
+	case "", "json", "yaml":
+	default:
+		return fmt.Errorf("--output must be json or yaml, got %q", o.output)
+	}
+	return o.validate()
+}
+
+// Run reads every node and prints the report.
+func (o *StatusOptions) Run(ctx context.Context) error {
+	if err := o.connect(); err != nil {
+		return err
+	}
+	nodes, err := o.runner.Status(ctx, o.nodes, o.selector, o.parallelism)
+	if err != nil {
+		return err
+	}
+	rep := buildStatusReport(nodes)
+	switch o.output {
+	case "json":
+		data, err := json.MarshalIndent(rep, "", "  ")
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(o.Out, string(data))
+	case "yaml":
+		data, err := yaml.Marshal(rep)
+		if err != nil {
+			return err
+		}
+		fmt.Fprint(o.Out, string(data))
+	default:
+		printStatusTables(o.Out, rep)
+	}
+	var problems []string
+	for _, e := range rep.Errors {
+		problems = append(problems, fmt.Sprintf("node %s: %s", e.Node, e.Error))
+	}
+	if o.warnWithin != "" {
+		for _, c := range append(append([]api.CertInfo{}, rep.Certificates...), rep.CertificateAuthorities...) {
+			if c.NotAfter != nil && time.Duration(c.ResidualSeconds)*time.Second < o.warn {
+				problems = append(problems, fmt.Sprintf("node %s: %s expires %s (within %s)", c.Node, c.Name, c.NotAfter.Format(time.RFC3339), o.warnWithin))
+			}
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%d problem(s):\n  %s", len(problems), strings.Join(problems, "\n  "))
+	}
+	return nil
+}
+
+func buildStatusReport(nodes []orchestrator.NodeStatus) StatusReport {
+	rep := StatusReport{Certificates: []api.CertInfo{}, CertificateAuthorities: []api.CertInfo{}}
+	for _, n := range nodes {
+		if n.Error != "" {
+			rep.Errors = append(rep.Errors, NodeError{Node: n.Node, Error: n.Error})
+		}
+		rep.Certificates = append(rep.Certificates, n.Certs...)
+		rep.CertificateAuthorities = append(rep.CertificateAuthorities, n.CAs...)
+	}
+	return rep
+}
+
+func printStatusTables(out io.Writer, rep StatusReport) {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "NODE\tCERTIFICATE\tEXPIRES\tRESIDUAL TIME\tCERTIFICATE AUTHORITY\tEXTERNALLY MANAGED")
+	for _, c := range rep.Certificates {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", c.Node, c.Name, expires(c), residual(c), dash(c.CA), yesNo(c.ExternallyManaged))
+	}
+	w.Flush()
+	fmt.Fprintln(out)
+	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "NODE\tCERTIFICATE AUTHORITY\tEXPIRES\tRESIDUAL TIME\tEXTERNALLY MANAGED")
+	for _, c := range rep.CertificateAuthorities {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", c.Node, c.Name, expires(c), residual(c), yesNo(c.ExternallyManaged))
+	}
+	w.Flush()
+	for _, e := range rep.Errors {
+		fmt.Fprintf(out, "\nnode %s: %s\n", e.Node, e.Error)
+	}
+}
+
+func expires(c api.CertInfo) string {
+	switch {
+	case c.Missing:
+		return "missing"
+	case c.Error != "":
+		return "unreadable: " + c.Error
+	case c.NotAfter == nil:
+		return "-"
+	}
+	return c.NotAfter.Format("Jan 02, 2006 15:04 MST")
+}
+
+// residual prints time left the way kubeadm does (364d, 9y, <invalid>).
+func residual(c api.CertInfo) string {
+	if c.NotAfter == nil {
+		return "-"
+	}
+	d := time.Duration(c.ResidualSeconds) * time.Second
+	switch {
+	case d <= 0:
+		return "<expired>"
+	case d >= 2*365*24*time.Hour:
+		return fmt.Sprintf("%dy", int(d.Hours()/24/365))
+	case d >= 48*time.Hour:
+		return fmt.Sprintf("%dd", int(d.Hours()/24))
+	case d >= time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dm", int(d.Minutes()))
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
