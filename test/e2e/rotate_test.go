@@ -1,0 +1,211 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/pki"
+)
+
+var (
+	allServices  = []pki.Service{pki.ServiceEtcd, pki.ServiceAPIServer, pki.ServiceControllerManager, pki.ServiceScheduler, pki.ServiceKubelet, pki.ServiceAdmin}
+	staticPods   = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"}
+	restartsNeed = []string{"kube-controller-manager", "kube-scheduler"}
+	reloadsOnly  = []string{"etcd", "kube-apiserver"}
+)
+
+// TestRotate runs the scenarios in order on one cluster with a control
+// plane and a worker; each scenario starts from the state the last left.
+func TestRotate(t *testing.T) {
+	e := setup(t, "rotate-certs-e2e", 1, 1)
+
+	t.Run("bad input changes nothing", func(t *testing.T) {
+		e.t = t
+		before := e.snapshots()
+		for _, args := range [][]string{
+			{"--service", "etcdd"},
+			{"--all", "--nodes", "no-such-node"},
+			{"--all", "--service", "etcd"},
+		} {
+			_, stderr, err := e.plugin(pluginBin, args...)
+			if err == nil {
+				t.Errorf("%v: exit 0, want an error", args)
+			}
+			if !strings.Contains(stderr, "etcd") && !strings.Contains(stderr, "no-such-node") {
+				t.Errorf("%v: error does not say what is wrong: %s", args, stderr)
+			}
+		}
+		after := e.snapshots()
+		for n := range before {
+			if c := changedFiles(before[n], after[n]); len(c) > 0 {
+				t.Errorf("node %s: bad input changed %v", n, c)
+			}
+		}
+		e.checkNoAgentPods()
+	})
+
+	t.Run("dry run changes nothing", func(t *testing.T) {
+		e.t = t
+		before := e.snapshots()
+		out := e.mustPlugin("--all", "--dry-run")
+		for _, n := range e.nodes() {
+			if !strings.Contains(out, n) {
+				t.Errorf("plan does not mention node %s", n)
+			}
+		}
+		for _, c := range []string{"apiserver", "etcd-server", "controller-manager.conf", "kubelet-client"} {
+			if !strings.Contains(out, c) {
+				t.Errorf("plan does not mention %s", c)
+			}
+		}
+		after := e.snapshots()
+		for n := range before {
+			if c := changedFiles(before[n], after[n]); len(c) > 0 {
+				t.Errorf("node %s: dry run changed %v", n, c)
+			}
+		}
+		e.checkNoAgentPods()
+	})
+
+	t.Run("status matches kubeadm", func(t *testing.T) {
+		e.t = t
+		out := e.mustPlugin("status", "-o", "json")
+		var rep struct {
+			Certificates []struct {
+				Node     string     `json:"node"`
+				Name     string     `json:"name"`
+				NotAfter *time.Time `json:"notAfter"`
+				Missing  bool       `json:"missing"`
+			} `json:"certificates"`
+		}
+		if err := json.Unmarshal([]byte(out), &rep); err != nil {
+			t.Fatalf("status -o json: %v", err)
+		}
+		snaps := e.snapshots()
+		inv := inventory()
+		seen := map[string]bool{}
+		for _, c := range rep.Certificates {
+			seen[c.Node] = true
+			entry, ok := inv[c.Name]
+			if !ok || c.Missing {
+				continue
+			}
+			cert := snaps[c.Node].cert(t, entry)
+			if cert == nil || c.NotAfter == nil || !cert.NotAfter.Equal(*c.NotAfter) {
+				t.Errorf("status says node %s %s expires %v; the file says %v", c.Node, c.Name, c.NotAfter, cert)
+			}
+		}
+		for _, n := range e.nodes() {
+			if !seen[n] {
+				t.Errorf("status does not cover node %s", n)
+			}
+		}
+		e.checkKubeadmAgrees(snaps)
+	})
+
+	t.Run("service etcd", func(t *testing.T) {
+		e.t = t
+		before, procs := e.snapshots(), e.processes()
+		e.mustPlugin("--service", "etcd")
+		after, procsAfter := e.snapshots(), e.processes()
+		e.checkRenewed(before, after, pki.ServiceEtcd)
+		if c := changed(procs, procsAfter, append(keysFor(e.cps, staticPods...), keysFor(e.nodes(), "kubelet")...)...); len(c) > 0 {
+			t.Errorf("--service etcd restarted %v", c)
+		}
+		e.checkServes(after)
+		e.checkNoAgentPods()
+	})
+
+	t.Run("all keeps the API up", func(t *testing.T) {
+		e.t = t
+		before, procs := e.snapshots(), e.processes()
+		stop := make(chan struct{})
+		failures, done := e.pollAPI(stop)
+		e.mustPlugin("--all")
+		close(stop)
+		<-done
+		after, procsAfter := e.snapshots(), e.processes()
+		e.checkRenewed(before, after, allServices...)
+		if f := failures.Load(); f > 0 {
+			t.Errorf("%d API requests failed during --all with --restart=needed", f)
+		}
+		if c := changed(procs, procsAfter, keysFor(e.cps, reloadsOnly...)...); len(c) > 0 {
+			t.Errorf("--restart=needed restarted %v (they reload)", c)
+		}
+		want := append(keysFor(e.cps, restartsNeed...), keysFor(e.nodes(), "kubelet")...)
+		if c := changed(procs, procsAfter, want...); len(c) != len(want) {
+			t.Errorf("restarted %v, want all of %v", c, want)
+		}
+		e.checkServes(after)
+		e.checkNodesReady()
+		e.checkNoAgentPods()
+		e.checkKubeadmAgrees(after)
+	})
+
+	t.Run("all again right after, restarting everything", func(t *testing.T) {
+		e.t = t
+		before, procs := e.snapshots(), e.processes()
+		e.mustPlugin("--all", "--restart=all")
+		after, procsAfter := e.snapshots(), e.processes()
+		e.checkRenewed(before, after, allServices...)
+		want := append(keysFor(e.cps, staticPods...), keysFor(e.nodes(), "kubelet")...)
+		if c := changed(procs, procsAfter, want...); len(c) != len(want) {
+			t.Errorf("--restart=all restarted %v, want all of %v", c, want)
+		}
+		e.checkServes(after)
+		e.checkNodesReady()
+		e.checkNoAgentPods()
+	})
+
+	t.Run("service kubelet", func(t *testing.T) {
+		e.t = t
+		bin := pluginBin
+		if krewPluginBin != "" {
+			bin = krewPluginBin // what users install is what is tested
+			t.Logf("using the krew-installed plugin %s", bin)
+		}
+		before, procs := e.snapshots(), e.processes()
+		if _, _, err := e.plugin(bin, "--service", "kubelet"); err != nil {
+			t.Fatalf("--service kubelet: %v", err)
+		}
+		after, procsAfter := e.snapshots(), e.processes()
+		e.checkRenewed(before, after, pki.ServiceKubelet)
+		want := keysFor(e.nodes(), "kubelet")
+		if c := changed(procs, procsAfter, want...); len(c) != len(want) {
+			t.Errorf("restarted %v, want %v", c, want)
+		}
+		if c := changed(procs, procsAfter, keysFor(e.cps, staticPods...)...); len(c) > 0 {
+			t.Errorf("--service kubelet restarted %v", c)
+		}
+		e.checkNodesReady()
+		e.checkNoAgentPods()
+	})
+}
+
+// TestRotateHA rotates a cluster with three control planes and checks that
+// the API stayed reachable through kind's load balancer.
+func TestRotateHA(t *testing.T) {
+	if os.Getenv("ROTATE_CERTS_E2E_HA") == "" {
+		t.Skip("set ROTATE_CERTS_E2E_HA=1 for the 3-control-plane scenario")
+	}
+	e := setup(t, "rotate-certs-e2e-ha", 3, 1)
+	before := e.snapshots()
+	stop := make(chan struct{})
+	failures, done := e.pollAPI(stop)
+	e.mustPlugin("--all")
+	close(stop)
+	<-done
+	after := e.snapshots()
+	e.checkRenewed(before, after, allServices...)
+	if f := failures.Load(); f > 0 {
+		t.Errorf("%d API requests through the load balancer failed during --all", f)
+	}
+	e.checkServes(after)
+	e.checkNodesReady()
+	e.checkNoAgentPods()
+}
