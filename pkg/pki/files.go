@@ -196,6 +196,9 @@ func keyPath(c Cert) string {
 	return c.KeyFile
 }
 
+// SamePublicKey reports whether two public keys are equal.
+func SamePublicKey(a, b crypto.PublicKey) bool { return publicKeysEqual(a, b) }
+
 func publicKeysEqual(a, b crypto.PublicKey) bool {
 	type equaler interface{ Equal(crypto.PublicKey) bool }
 	e, ok := a.(equaler)

@@ -272,7 +272,7 @@ func (e *env) checkRenewed(before, after map[string]*snapshot, services ...pki.S
 				e.t.Errorf("node %s: %s still has serial %s", n, c.Name, oc.SerialNumber)
 				continue
 			}
-			if oc.PublicKey.(interface{ Equal(any) bool }).Equal(nc.PublicKey) {
+			if pki.SamePublicKey(oc.PublicKey, nc.PublicKey) {
 				e.t.Errorf("node %s: %s kept its public key", n, c.Name)
 			}
 			if oc.Subject.String() != nc.Subject.String() || !reflect.DeepEqual(oc.DNSNames, nc.DNSNames) ||

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs the end-to-end suite on real kind clusters (make e2e, part of make
+# test). On a fresh machine it installs and starts Docker, builds the kind
+# node image offline where the upstream one cannot be pulled (cached by the
+# hash of its inputs), builds the plugin and the agent image of one version,
+# installs the plugin through krew, and runs test/e2e.
+#
+# Environment: VERSION (default hack/version.sh); ROTATE_CERTS_E2E_HA=1 adds
+# the 3-control-plane scenario; E2E_RUN narrows the tests (go test -run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+t0=$SECONDS
+step() { echo "== $* (at $((SECONDS - t0))s)" >&2; }
+
+VERSION=${VERSION:-$(hack/version.sh)}
+export VERSION
+
+step "docker and the kind node image"
+# shellcheck source=hack/e2e-env.sh
+source hack/e2e-env.sh
+: "${ROTATE_CERTS_NODE_IMAGE:?hack/e2e-env.sh did not name a node image}"
+
+step "plugin $VERSION"
+make --no-print-directory build VERSION="$VERSION" >&2
+export ROTATE_CERTS_PLUGIN=$PWD/bin/kubectl-rotate_certs
+
+step "agent image"
+ROTATE_CERTS_IMAGE=$(hack/build-image.sh | tail -n 1)
+export ROTATE_CERTS_IMAGE
+
+step "krew install of the plugin"
+krew_root=$(mktemp -d)
+trap 'rm -rf "$krew_root"' EXIT
+ROTATE_CERTS_KREW_PLUGIN=$(hack/krew-install.sh "$krew_root" | tail -n 1)
+export ROTATE_CERTS_KREW_PLUGIN
+
+step "go test ./test/e2e (node image $ROTATE_CERTS_NODE_IMAGE, agent $ROTATE_CERTS_IMAGE)"
+go test -tags e2e -count=1 -v -timeout 75m ${E2E_RUN:+-run "$E2E_RUN"} ./test/e2e/...
+step "e2e done"

@@ -1,0 +1,251 @@
+// Package pkitest lays out a kubeadm-shaped node (PKI, kubeconfigs,
+// manifests, kubelet certificates) in a temp dir, for tests.
+package pkitest
+
+import (
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/pki"
+)
+
+// Algorithm is the key type of the generated PKI.
+type Algorithm string
+
+const (
+	RSA   Algorithm = "RSA"   // kubeadm's default (RSA-2048)
+	ECDSA Algorithm = "ECDSA" // kubeadm's encryptionAlgorithm: ECDSA-P256
+)
+
+// Node is a generated node layout.
+type Node struct {
+	Root string
+	Name string
+	Alg  Algorithm
+	// Start is the NotBefore of everything generated.
+	Start time.Time
+	// Validity of the leaves (CAs get ten years).
+	Validity time.Duration
+}
+
+func (n *Node) key(t testing.TB) crypto.Signer {
+	t.Helper()
+	var k crypto.Signer
+	var err error
+	if n.Alg == ECDSA {
+		k, err = pki.NewECDSAKey()
+	} else {
+		k, err = rsa.GenerateKey(rand.Reader, 2048)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func (n *Node) write(t testing.TB, rel string, data []byte, mode os.FileMode) {
+	t.Helper()
+	p := filepath.Join(n.Root, rel)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, data, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// NewCA writes a CA's certificate and key.
+func (n *Node) NewCA(t testing.TB, ca pki.CA, cn string) *pki.Authority {
+	t.Helper()
+	key := n.key(t)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+		NotBefore: n.Start, NotAfter: n.Start.Add(10 * 365 * 24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	keyPEM, err := pki.EncodeKeyPEM(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.write(t, ca.CertFile, pki.EncodeCertPEM(cert), 0o644)
+	n.write(t, ca.KeyFile, keyPEM, 0o600)
+	return &pki.Authority{CA: ca, Cert: cert, Key: key}
+}
+
+// Leaf issues a leaf certificate; it returns PEMs without writing.
+func (n *Node) Leaf(t testing.TB, a *pki.Authority, subject pkix.Name, dns []string, ips []net.IP, usage []x509.ExtKeyUsage) (certPEM, keyPEM []byte) {
+	t.Helper()
+	key := n.key(t)
+	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	tmpl := &x509.Certificate{
+		SerialNumber: serial, Subject: subject, DNSNames: dns, IPAddresses: ips,
+		NotBefore: n.Start, NotAfter: n.Start.Add(n.Validity),
+		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage: usage, BasicConstraintsValid: true,
+	}
+	cert, _, err := a.Sign(tmpl, key.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, err = pki.EncodeKeyPEM(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pki.EncodeCertPEM(cert), keyPEM
+}
+
+func (n *Node) kubeconfig(t testing.TB, rel, user string, certPEM, keyPEM []byte, caPEM []byte) {
+	t.Helper()
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["kubernetes"] = &clientcmdapi.Cluster{Server: "https://172.18.0.2:6443", CertificateAuthorityData: caPEM}
+	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{ClientCertificateData: certPEM, ClientKeyData: keyPEM}
+	cfg.Contexts[user+"@kubernetes"] = &clientcmdapi.Context{Cluster: "kubernetes", AuthInfo: user}
+	cfg.CurrentContext = user + "@kubernetes"
+	data, err := clientcmd.Write(*cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.write(t, rel, data, 0o600)
+}
+
+var (
+	server = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+	client = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	both   = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+)
+
+// ControlPlane lays out a kubeadm control-plane node below root.
+func ControlPlane(t testing.TB, root, name string, alg Algorithm) *Node {
+	t.Helper()
+	n := &Node{Root: root, Name: name, Alg: alg, Start: time.Now().Add(-300 * 24 * time.Hour).Truncate(time.Second), Validity: 365 * 24 * time.Hour}
+	ca := n.NewCA(t, pki.ClusterCA, "kubernetes")
+	etcdCA := n.NewCA(t, pki.EtcdCA, "etcd-ca")
+	fpCA := n.NewCA(t, pki.FrontProxyCA, "front-proxy-ca")
+	ip := net.ParseIP("172.18.0.2")
+	leaves := []struct {
+		base string
+		a    *pki.Authority
+		subj pkix.Name
+		dns  []string
+		ips  []net.IP
+		use  []x509.ExtKeyUsage
+	}{
+		{"apiserver", ca, pkix.Name{CommonName: "kube-apiserver"}, []string{name, "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost"}, []net.IP{net.ParseIP("10.96.0.1"), ip, net.ParseIP("127.0.0.1")}, server},
+		{"apiserver-kubelet-client", ca, pkix.Name{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"kubeadm:cluster-admins"}}, nil, nil, client},
+		{"apiserver-etcd-client", etcdCA, pkix.Name{CommonName: "kube-apiserver-etcd-client"}, nil, nil, client},
+		{"front-proxy-client", fpCA, pkix.Name{CommonName: "front-proxy-client"}, nil, nil, client},
+		{"etcd/server", etcdCA, pkix.Name{CommonName: name}, []string{name, "localhost"}, []net.IP{ip, net.ParseIP("127.0.0.1"), net.IPv6loopback}, both},
+		{"etcd/peer", etcdCA, pkix.Name{CommonName: name}, []string{name, "localhost"}, []net.IP{ip, net.ParseIP("127.0.0.1"), net.IPv6loopback}, both},
+		{"etcd/healthcheck-client", etcdCA, pkix.Name{CommonName: "kube-etcd-healthcheck-client"}, nil, nil, client},
+	}
+	for _, l := range leaves {
+		c, k := n.Leaf(t, l.a, l.subj, l.dns, l.ips, l.use)
+		n.write(t, "etc/kubernetes/pki/"+l.base+".crt", c, 0o644)
+		n.write(t, "etc/kubernetes/pki/"+l.base+".key", k, 0o600)
+	}
+	caPEM := pki.EncodeCertPEM(ca.Cert)
+	for _, kc := range []struct{ file, user string }{
+		{"admin.conf", "kubernetes-admin"}, {"super-admin.conf", "kubernetes-super-admin"},
+		{"controller-manager.conf", "system:kube-controller-manager"}, {"scheduler.conf", "system:kube-scheduler"},
+	} {
+		org := []string(nil)
+		if kc.file == "admin.conf" {
+			org = []string{"kubeadm:cluster-admins"}
+		}
+		c, k := n.Leaf(t, ca, pkix.Name{CommonName: kc.user, Organization: org}, nil, nil, client)
+		n.kubeconfig(t, "etc/kubernetes/"+kc.file, kc.user, c, k, caPEM)
+	}
+	n.write(t, "etc/kubernetes/manifests/kube-apiserver.yaml", []byte(apiserverManifest), 0o600)
+	n.write(t, "etc/kubernetes/manifests/etcd.yaml", []byte(etcdManifest), 0o600)
+	n.write(t, "etc/kubernetes/manifests/kube-controller-manager.yaml", []byte(fmt.Sprintf(simpleManifest, "kube-controller-manager", 10257)), 0o600)
+	n.write(t, "etc/kubernetes/manifests/kube-scheduler.yaml", []byte(fmt.Sprintf(simpleManifest, "kube-scheduler", 10259)), 0o600)
+	n.kubelet(t, ca)
+	return n
+}
+
+// Worker lays out a kubeadm worker node below root, whose kubelet
+// certificate is signed by the given cluster CA.
+func Worker(t testing.TB, root, name string, alg Algorithm, ca *pki.Authority) *Node {
+	t.Helper()
+	n := &Node{Root: root, Name: name, Alg: alg, Start: time.Now().Add(-300 * 24 * time.Hour).Truncate(time.Second), Validity: 365 * 24 * time.Hour}
+	n.write(t, pki.ClusterCA.CertFile, pki.EncodeCertPEM(ca.Cert), 0o644)
+	n.kubelet(t, ca)
+	return n
+}
+
+// kubelet writes the kubelet's rotating client certificate (a symlinked
+// bundle, absolute link target as the kubelet writes it), its self-signed
+// serving certificate and a kubelet.conf that points at the bundle.
+func (n *Node) kubelet(t testing.TB, ca *pki.Authority) {
+	t.Helper()
+	c, k := n.Leaf(t, ca, pki.KubeletClientSubject(n.Name), nil, nil, client)
+	file := pki.KubeletRotatedName("kubelet-client", n.Start)
+	n.write(t, file, pki.KubeletBundle(c, k), 0o600)
+	if err := os.Symlink("/"+file, filepath.Join(n.Root, pki.KubeletClientCurrent)); err != nil {
+		t.Fatal(err)
+	}
+	self := n.NewCA(t, pki.CA{Name: "kubelet-ca", CertFile: "tmp/kubelet-ca.crt", KeyFile: "tmp/kubelet-ca.key"}, n.Name+"-ca@1")
+	sc, sk := n.Leaf(t, self, pkix.Name{CommonName: n.Name + "@1"}, []string{n.Name}, nil, server)
+	n.write(t, pki.KubeletSelfSignedCert, append(sc, pki.EncodeCertPEM(self.Cert)...), 0o644)
+	n.write(t, pki.KubeletSelfSignedKey, sk, 0o600)
+	_ = os.RemoveAll(filepath.Join(n.Root, "tmp"))
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["kubernetes"] = &clientcmdapi.Cluster{Server: "https://172.18.0.2:6443", CertificateAuthorityData: pki.EncodeCertPEM(ca.Cert)}
+	cfg.AuthInfos["default-auth"] = &clientcmdapi.AuthInfo{ClientCertificate: "/" + pki.KubeletClientCurrent, ClientKey: "/" + pki.KubeletClientCurrent}
+	cfg.Contexts["default"] = &clientcmdapi.Context{Cluster: "kubernetes", AuthInfo: "default-auth"}
+	cfg.CurrentContext = "default"
+	data, err := clientcmd.Write(*cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.write(t, pki.KubeletKubeconfig, data, 0o600)
+}
+
+const apiserverManifest = `apiVersion: v1
+kind: Pod
+metadata: {name: kube-apiserver, namespace: kube-system}
+spec:
+  containers:
+  - name: kube-apiserver
+    command: [kube-apiserver, --secure-port=6443, --etcd-servers=https://127.0.0.1:2379]
+    readinessProbe: {httpGet: {host: 127.0.0.1, path: /readyz, port: 6443, scheme: HTTPS}}
+`
+
+const etcdManifest = `apiVersion: v1
+kind: Pod
+metadata: {name: etcd, namespace: kube-system}
+spec:
+  containers:
+  - name: etcd
+    command: [etcd, --listen-client-urls=https://127.0.0.1:2379, --listen-peer-urls=https://127.0.0.1:2380]
+    livenessProbe: {httpGet: {host: 127.0.0.1, path: /livez, port: 2381, scheme: HTTP}}
+`
+
+const simpleManifest = `apiVersion: v1
+kind: Pod
+metadata: {name: %[1]s, namespace: kube-system}
+spec:
+  containers:
+  - name: %[1]s
+    command: [%[1]s]
+    livenessProbe: {httpGet: {host: 127.0.0.1, path: /healthz, port: %[2]d, scheme: HTTPS}}
+`
