@@ -18,10 +18,10 @@ import (
 func NewCmdRotateCerts(streams genericiooptions.IOStreams) *cobra.Command {
 	o := NewRotateOptions(streams)
 	cmd := &cobra.Command{
-		Use:   "rotate-certs (--all | --service NAME[,NAME]) [flags]",
+		Use: "rotate-certs (--all | --service NAME[,NAME]) [flags]",
 		// kubectl shows plugins by their kubectl name.
 		Annotations: map[string]string{cobra.CommandDisplayNameAnnotation: "kubectl rotate-certs"},
-		Short: "Rotate the certificates of a kubeadm-layout cluster on every node",
+		Short:       "Rotate the certificates of a kubeadm-layout cluster on every node",
 		Long: `Rotate the certificates of a kubeadm-layout cluster (kubeadm, kind, Cluster API,
 kubespray) on every node, keeping the CAs. Short-lived privileged agent pods
 renew the certificates on the nodes, restart what cannot reload the new ones
