@@ -24,10 +24,14 @@ func (l kindLogger) line(prefix, msg string) {
 	fmt.Fprintf(l.w, "%s kind: %s%s\n", time.Now().Format("15:04:05"), prefix, strings.TrimRight(msg, "\n"))
 }
 
-func (l kindLogger) Warn(message string)               { l.line("WARNING: ", message) }
-func (l kindLogger) Warnf(format string, args ...any)  { l.line("WARNING: ", fmt.Sprintf(format, args...)) }
-func (l kindLogger) Error(message string)              { l.line("ERROR: ", message) }
-func (l kindLogger) Errorf(format string, args ...any) { l.line("ERROR: ", fmt.Sprintf(format, args...)) }
+func (l kindLogger) Warn(message string) { l.line("WARNING: ", message) }
+func (l kindLogger) Warnf(format string, args ...any) {
+	l.line("WARNING: ", fmt.Sprintf(format, args...))
+}
+func (l kindLogger) Error(message string) { l.line("ERROR: ", message) }
+func (l kindLogger) Errorf(format string, args ...any) {
+	l.line("ERROR: ", fmt.Sprintf(format, args...))
+}
 func (l kindLogger) V(level kindlog.Level) kindlog.InfoLogger {
 	return kindInfoLogger{l: l, enabled: level <= 0}
 }
