@@ -8,11 +8,13 @@ package orchestrator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
@@ -149,7 +151,17 @@ func startPod(ctx context.Context, c kubernetes.Interface, o PodSpecOptions, tim
 func deleteRunPods(c kubernetes.Interface, runID string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	return c.CoreV1().Pods(Namespace).DeleteCollection(ctx,
-		metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)},
-		metav1.ListOptions{LabelSelector: LabelRun + "=" + runID})
+	pods := c.CoreV1().Pods(Namespace)
+	list, err := pods.List(ctx, metav1.ListOptions{LabelSelector: LabelRun + "=" + runID})
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, p := range list.Items {
+		err := pods.Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
+		if err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -40,7 +40,8 @@ func (r *Runner) Preflight(ctx context.Context, kubelet, kubeProxy bool) error {
 		{verb: "list", resource: "nodes"},
 		{verb: "create", resource: "pods", namespace: Namespace},
 		{verb: "get", resource: "pods", namespace: Namespace},
-		{verb: "deletecollection", resource: "pods", namespace: Namespace},
+		{verb: "list", resource: "pods", namespace: Namespace},
+		{verb: "delete", resource: "pods", namespace: Namespace},
 		{verb: "create", resource: "pods", subresource: "exec", namespace: Namespace},
 	}
 	if kubelet {

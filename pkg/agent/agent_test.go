@@ -1,0 +1,320 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/api"
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/pki"
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/pki/pkitest"
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/version"
+)
+
+func newTestAgent(t *testing.T, root string) *Agent {
+	a := New(root)
+	a.ProcDir = t.TempDir() // no processes: any restart fails
+	a.Timeout = time.Second
+	return a
+}
+
+func request(action api.Action, services ...string) api.Request {
+	return api.Request{Version: version.Version, Action: action, Node: "cp-1", Services: services, Validity: 8760 * time.Hour, Restart: api.RestartNeeded}
+}
+
+// tree returns path -> sha256 of every file and link target below root,
+// leaving out the backup folder.
+func tree(t *testing.T, root string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		if strings.HasPrefix(rel, BackupRoot) || d.IsDir() {
+			return nil
+		}
+		if d.Type()&fs.ModeSymlink != 0 {
+			l, _ := os.Readlink(p)
+			out[rel] = "-> " + l
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		s := sha256.Sum256(b)
+		out[rel] = hex.EncodeToString(s[:])
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func diff(a, b map[string]string) []string {
+	var out []string
+	for k, v := range a {
+		if b[k] != v {
+			out = append(out, k)
+		}
+	}
+	for k := range b {
+		if _, ok := a[k]; !ok {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+func TestInspectControlPlane(t *testing.T) {
+	root := t.TempDir()
+	pkitest.ControlPlane(t, root, "cp-1", pkitest.ECDSA)
+	os.MkdirAll(filepath.Join(root, "run/systemd"), 0o755)
+	os.WriteFile(filepath.Join(root, "run/systemd/private"), nil, 0o600) // stands in for the socket
+	res := newTestAgent(t, root).Handle(context.Background(), request(api.Inspect, "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "admin"))
+	if res.Error != "" {
+		t.Fatal(res.Error)
+	}
+	in := res.Inspect
+	if !in.ControlPlane || len(in.Problems) > 0 {
+		t.Fatalf("controlPlane=%v problems=%v", in.ControlPlane, in.Problems)
+	}
+	if len(in.Certs) != len(pki.Inventory) || len(in.CAs) != 3 {
+		t.Errorf("%d certificates and %d CAs, want %d and 3", len(in.Certs), len(in.CAs), len(pki.Inventory))
+	}
+	for _, c := range in.Certs {
+		if c.Missing || c.Error != "" || c.NotAfter == nil || c.ResidualSeconds <= 0 || c.ExternallyManaged {
+			t.Errorf("%s: %+v", c.Name, c)
+		}
+	}
+	if len(in.Plan) != len(pki.Inventory) {
+		t.Errorf("plan has %d entries, want %d", len(in.Plan), len(pki.Inventory))
+	}
+}
+
+func TestInspectRejectsOtherLayouts(t *testing.T) {
+	root := t.TempDir()
+	res := newTestAgent(t, root).Handle(context.Background(), request(api.Inspect))
+	if !strings.Contains(res.Error, "not a kubeadm-layout node") {
+		t.Errorf("empty root: %q", res.Error)
+	}
+	os.MkdirAll(filepath.Join(root, pki.ManifestsDir), 0o755)
+	os.WriteFile(filepath.Join(root, pki.ManifestsDir, "kube-apiserver.yaml"), []byte("{}"), 0o600)
+	res = newTestAgent(t, root).Handle(context.Background(), request(api.Inspect))
+	if !strings.Contains(res.Error, "ca.crt does not") {
+		t.Errorf("manifests without pki: %q", res.Error)
+	}
+}
+
+func TestProblemsBlockRenewAndChangeNothing(t *testing.T) {
+	root := t.TempDir()
+	pkitest.ControlPlane(t, root, "cp-1", pkitest.RSA)
+	os.WriteFile(filepath.Join(root, "etc/kubernetes/pki/apiserver.crt"), []byte("garbage"), 0o644)
+	os.Remove(filepath.Join(root, pki.EtcdCA.KeyFile))
+	before := tree(t, root)
+	a := newTestAgent(t, root)
+	in := a.Handle(context.Background(), request(api.Inspect, "etcd", "kube-apiserver")).Inspect
+	if in == nil {
+		t.Fatal("no inspect result")
+	}
+	if len(in.Problems) != 1 || !strings.Contains(in.Problems[0], "apiserver") {
+		t.Errorf("problems %v, want the corrupt apiserver.crt", in.Problems)
+	}
+	if len(in.Notes) == 0 || !strings.Contains(strings.Join(in.Notes, " "), "etcd-ca is externally managed") {
+		t.Errorf("notes %v, want the external etcd CA", in.Notes)
+	}
+	res := a.Handle(context.Background(), request(api.Renew, "etcd", "kube-apiserver"))
+	if !strings.Contains(res.Error, "nothing was changed") {
+		t.Errorf("renew: %q", res.Error)
+	}
+	if d := diff(before, tree(t, root)); len(d) > 0 {
+		t.Errorf("changed %v", d)
+	}
+}
+
+func TestRenewRollsBackWhenARestartFails(t *testing.T) {
+	root := t.TempDir()
+	pkitest.ControlPlane(t, root, "cp-1", pkitest.ECDSA)
+	before := tree(t, root)
+	res := newTestAgent(t, root).Handle(context.Background(), request(api.Renew, "kube-scheduler", "admin"))
+	if !strings.Contains(res.Error, "kube-scheduler process") || !strings.Contains(res.Error, "restored") {
+		t.Fatalf("want a restart failure and a restore, got %q", res.Error)
+	}
+	if d := diff(before, tree(t, root)); len(d) > 0 {
+		t.Errorf("not restored: %v", d)
+	}
+}
+
+func TestRenewAdminWritesAndBacksUp(t *testing.T) {
+	root := t.TempDir()
+	pkitest.ControlPlane(t, root, "cp-1", pkitest.RSA)
+	before := tree(t, root)
+	oldAdmin, _ := os.ReadFile(filepath.Join(root, "etc/kubernetes/admin.conf"))
+	res := newTestAgent(t, root).Handle(context.Background(), request(api.Renew, "admin"))
+	if res.Error != "" {
+		t.Fatal(res.Error)
+	}
+	got := diff(before, tree(t, root))
+	if len(got) != 2 || len(res.Renew.Changes) != 2 {
+		t.Errorf("changed files %v and changes %v, want admin.conf and super-admin.conf", got, res.Renew.Changes)
+	}
+	backedUp, err := os.ReadFile(filepath.Join(root, BackupRoot, res.Renew.Backup, "files/etc/kubernetes/admin.conf"))
+	if err != nil || !bytes.Equal(backedUp, oldAdmin) {
+		t.Errorf("backup of admin.conf missing or different: %v", err)
+	}
+	st, _ := os.Stat(filepath.Join(root, BackupRoot, res.Renew.Backup, "files/etc/kubernetes/admin.conf"))
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("backup mode %v, want 0600", st.Mode().Perm())
+	}
+	// The backup undoes the change exactly.
+	if r := newTestAgent(t, root).Handle(context.Background(), api.Request{Version: version.Version, Action: api.Rollback, Backup: res.Renew.Backup}); r.Error != "" {
+		t.Fatal(r.Error)
+	}
+	if d := diff(before, tree(t, root)); len(d) > 0 {
+		t.Errorf("rollback left %v changed", d)
+	}
+}
+
+// signAsCluster plays the cluster's CSR signer with the CA on disk.
+func signAsCluster(t *testing.T, root string, csrPEM string) string {
+	t.Helper()
+	a, err := pki.LoadAuthority(root, pki.ClusterCA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pemDecode([]byte(csrPEM))
+	req, err := x509.ParseCertificateRequest(block)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl, _ := pki.Template(&x509.Certificate{Subject: req.Subject, RawSubject: req.RawSubject, DNSNames: req.DNSNames, IPAddresses: req.IPAddresses,
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, time.Hour*24*365, time.Now())
+	cert, _, err := a.Sign(tmpl, req.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pki.EncodeCertPEM(cert))
+}
+
+func TestKubeletCSRAndInstall(t *testing.T) {
+	root := t.TempDir()
+	pkitest.ControlPlane(t, root, "cp-1", pkitest.ECDSA)
+	a := newTestAgent(t, root)
+	client := pki.Inventory[len(pki.Inventory)-2]
+	oldClient, _ := pki.ReadCertificate(root, client)
+	before := tree(t, root)
+
+	res := a.Handle(context.Background(), request(api.KubeletCSR))
+	if res.Error != "" || len(res.CSRs) != 1 {
+		t.Fatalf("csr: %q %v", res.Error, res.CSRs)
+	}
+	c := res.CSRs[0]
+	if c.SignerName != "kubernetes.io/kube-apiserver-client-kubelet" || strings.Contains(c.Request, "PRIVATE KEY") {
+		t.Fatalf("unexpected request %+v", c)
+	}
+	issued := signAsCluster(t, root, c.Request)
+	req := request(api.KubeletInstall)
+	req.Issued = map[string]string{"kubelet-client": issued}
+	inst := a.Handle(context.Background(), req)
+	if inst.Error != "" {
+		t.Fatal(inst.Error)
+	}
+	newClient, err := pki.ReadCertificate(root, client)
+	if err != nil || newClient.SerialNumber.Cmp(oldClient.SerialNumber) == 0 || newClient.Subject.CommonName != "system:node:cp-1" {
+		t.Fatalf("kubelet-client-current.pem not switched: %v", err)
+	}
+	bundle, _ := pki.ReadFile(root, pki.KubeletClientCurrent)
+	key, err := pki.ParsePrivateKeyPEM(bundle)
+	if err != nil || !pki.SamePublicKey(key.Public(), newClient.PublicKey) {
+		t.Errorf("bundle's key does not match its certificate: %v", err)
+	}
+	if pki.Exists(root, pendingKeyPath("kubelet-client")) {
+		t.Error("pending key left behind")
+	}
+	serving, _ := pki.ReadCertificate(root, pki.Cert{CertFile: pki.KubeletSelfSignedCert})
+	if len(inst.Renew.Changes) != 2 || serving.DNSNames[0] != "cp-1" {
+		t.Errorf("changes %+v, want client and serving", inst.Renew.Changes)
+	}
+	// An installed certificate for a foreign key is refused.
+	res = a.Handle(context.Background(), request(api.KubeletCSR))
+	req.Issued = map[string]string{"kubelet-client": issued} // for the previous key
+	if r := a.Handle(context.Background(), req); !strings.Contains(r.Error, "not for the key generated on this node") {
+		t.Errorf("foreign certificate: %q", r.Error)
+	}
+	// Rolling back restores the previous link and files.
+	if r := a.Handle(context.Background(), api.Request{Version: version.Version, Action: api.Rollback, Backup: inst.Renew.Backup}); r.Error != "" {
+		t.Fatal(r.Error)
+	}
+	after := tree(t, root)
+	delete(after, pendingKeyPath("kubelet-client"))
+	if d := diff(before, after); len(d) > 0 {
+		t.Errorf("rollback left %v changed", d)
+	}
+}
+
+func TestKubeletConfWithEmbeddedCertIsRepointed(t *testing.T) {
+	root := t.TempDir()
+	pkitest.ControlPlane(t, root, "cp-1", pkitest.ECDSA)
+	cfg, _ := clientcmd.LoadFromFile(filepath.Join(root, pki.KubeletKubeconfig))
+	for _, u := range cfg.AuthInfos {
+		u.ClientCertificate, u.ClientKey = "", ""
+		u.ClientCertificateData, u.ClientKeyData = []byte("cert"), []byte("key")
+	}
+	clientcmd.WriteToFile(*cfg, filepath.Join(root, pki.KubeletKubeconfig))
+	a := newTestAgent(t, root)
+	res := a.Handle(context.Background(), request(api.KubeletCSR))
+	req := request(api.KubeletInstall)
+	req.Issued = map[string]string{"kubelet-client": signAsCluster(t, root, res.CSRs[0].Request)}
+	if r := a.Handle(context.Background(), req); r.Error != "" {
+		t.Fatal(r.Error)
+	}
+	cfg, _ = clientcmd.LoadFromFile(filepath.Join(root, pki.KubeletKubeconfig))
+	for name, u := range cfg.AuthInfos {
+		if len(u.ClientCertificateData) > 0 || u.ClientCertificate != "/"+pki.KubeletClientCurrent {
+			t.Errorf("user %s still embeds its certificate", name)
+		}
+	}
+}
+
+func TestVersionMismatchRefused(t *testing.T) {
+	req := request(api.Inspect)
+	req.Version = "v9.9.9"
+	if res := New(t.TempDir()).Handle(context.Background(), req); !strings.Contains(res.Error, "cannot serve plugin version v9.9.9") {
+		t.Errorf("got %q", res.Error)
+	}
+}
+
+func TestExecFilesResultForFetch(t *testing.T) {
+	root, results := t.TempDir(), t.TempDir()
+	pkitest.ControlPlane(t, root, "cp-1", pkitest.ECDSA)
+	req := request(api.Inspect)
+	req.ID = "abc-1"
+	in, _ := json.Marshal(req)
+	var out, fetched bytes.Buffer
+	if err := newTestAgent(t, root).Exec(context.Background(), bytes.NewReader(in), &out, results); err != nil {
+		t.Fatal(err)
+	}
+	if err := FetchResult(context.Background(), "abc-1", results, time.Second, &fetched); err != nil {
+		t.Fatal(err)
+	}
+	if out.String() != fetched.String() || !strings.Contains(out.String(), `"controlPlane":true`) {
+		t.Errorf("filed result differs from the answer:\n%s\n%s", out.String(), fetched.String())
+	}
+	if err := FetchResult(context.Background(), "never-sent", results, 200*time.Millisecond, &fetched); err == nil || !strings.Contains(err.Error(), "never reached") {
+		t.Errorf("unknown request: %v", err)
+	}
+}
