@@ -304,8 +304,14 @@ func TestExecFilesResultForFetch(t *testing.T) {
 	req := request(api.Inspect)
 	req.ID = "abc-1"
 	in, _ := json.Marshal(req)
+	// The launcher runs the filed request as the detached child would.
+	launch := func(id string) (func() error, error) {
+		done := make(chan error, 1)
+		go func() { done <- newTestAgent(t, root).RunFiled(context.Background(), results, id) }()
+		return func() error { return <-done }, nil
+	}
 	var out, fetched bytes.Buffer
-	if err := newTestAgent(t, root).Exec(context.Background(), bytes.NewReader(in), &out, results); err != nil {
+	if err := Exec(context.Background(), bytes.NewReader(in), &out, results, launch); err != nil {
 		t.Fatal(err)
 	}
 	if err := FetchResult(context.Background(), "abc-1", results, time.Second, &fetched); err != nil {

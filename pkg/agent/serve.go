@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"regexp"
@@ -29,10 +30,42 @@ func Serve(ctx context.Context) error {
 
 var validID = regexp.MustCompile(`^[a-z0-9-]{1,64}$`)
 
-// Exec reads one request from in, performs it, files the result under the
-// request's ID in resultsDir (before answering, so the plugin can fetch it
-// if the exec stream broke) and writes it to out.
-func (a *Agent) Exec(ctx context.Context, in io.Reader, out io.Writer, resultsDir string) error {
+// Launcher starts the action filed under id so that it outlives the exec
+// that asked for it, and returns a function that waits for its end.
+type Launcher func(id string) (wait func() error, err error)
+
+// DetachedLauncher runs "<self> agent run --id ID" in its own session.
+// The container runtime kills an exec'd process when its stream goes away,
+// and the stream goes away exactly when an action restarts kube-apiserver
+// or the kubelet (they carry it). A detached child finishes the action (or
+// its rollback) and files the result whatever happens to the stream.
+func DetachedLauncher(resultsDir string) Launcher {
+	return func(id string) (func() error, error) {
+		self, err := os.Executable()
+		if err != nil {
+			return nil, err
+		}
+		logFile, err := os.OpenFile(filepath.Join(resultsDir, id+".log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+		if err != nil {
+			return nil, err
+		}
+		cmd := exec.Command(self, "agent", "run", "--id", id)
+		cmd.Stdout, cmd.Stderr = logFile, logFile
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := cmd.Start(); err != nil {
+			logFile.Close()
+			return nil, err
+		}
+		return func() error {
+			defer logFile.Close()
+			return cmd.Wait()
+		}, nil
+	}
+}
+
+// Exec reads one request from in, files it under its ID, has launch run
+// it, and writes the result to out once it is filed.
+func Exec(ctx context.Context, in io.Reader, out io.Writer, resultsDir string, launch Launcher) error {
 	var req api.Request
 	if err := json.NewDecoder(in).Decode(&req); err != nil {
 		return fmt.Errorf("reading the request: %w", err)
@@ -40,31 +73,59 @@ func (a *Agent) Exec(ctx context.Context, in io.Reader, out io.Writer, resultsDi
 	if !validID.MatchString(req.ID) {
 		return fmt.Errorf("invalid request id %q", req.ID)
 	}
-	// A kubelet restart kills nothing in this pod but cuts the exec stream:
-	// writes to a closed stdout must not end the process before it filed
-	// its result.
+	// Writes to a stdout whose stream is gone must not end this process
+	// with SIGPIPE; the result is filed anyway.
 	signal.Ignore(syscall.SIGPIPE)
-	started := filepath.Join(resultsDir, req.ID+".started")
-	if err := os.WriteFile(started, nil, 0o600); err != nil {
-		return err
-	}
-	res := a.Handle(ctx, req)
-	data, err := json.Marshal(res)
+	data, err := json.Marshal(req)
 	if err != nil {
 		return err
 	}
-	if err := pki.WriteAtomic(resultsDir, pki.File{Path: req.ID + ".json", Data: data, Mode: 0o600}); err != nil {
+	if err := pki.WriteAtomic(resultsDir, pki.File{Path: req.ID + ".request", Data: data, Mode: 0o600}); err != nil {
 		return err
 	}
-	_, err = out.Write(append(data, '\n'))
+	wait, err := launch(req.ID)
+	if err != nil {
+		return fmt.Errorf("starting the action: %w", err)
+	}
+	runErr := wait()
+	result, err := os.ReadFile(filepath.Join(resultsDir, req.ID+".json"))
+	if err != nil {
+		log, _ := os.ReadFile(filepath.Join(resultsDir, req.ID+".log"))
+		return fmt.Errorf("the action ended without a result (%v): %s", runErr, log)
+	}
+	_, err = out.Write(append(result, '\n'))
 	return err
 }
 
+// RunFiled performs the request filed under id and files its result.
+func (a *Agent) RunFiled(ctx context.Context, resultsDir, id string) error {
+	if !validID.MatchString(id) {
+		return fmt.Errorf("invalid request id %q", id)
+	}
+	data, err := os.ReadFile(filepath.Join(resultsDir, id+".request"))
+	if err != nil {
+		return err
+	}
+	var req api.Request
+	if err := json.Unmarshal(data, &req); err != nil {
+		return fmt.Errorf("request %s: %w", id, err)
+	}
+	res := a.Handle(ctx, req)
+	out, err := json.Marshal(res)
+	if err != nil {
+		return err
+	}
+	return pki.WriteAtomic(resultsDir, pki.File{Path: id + ".json", Data: out, Mode: 0o600})
+}
+
 // FetchResult waits up to wait for the result of request id and writes it
-// to out. A request that never started is reported as such.
+// to out. A request that was never filed is reported as such at once.
 func FetchResult(ctx context.Context, id, resultsDir string, wait time.Duration, out io.Writer) error {
 	if !validID.MatchString(id) {
 		return fmt.Errorf("invalid request id %q", id)
+	}
+	if _, err := os.Stat(filepath.Join(resultsDir, id+".request")); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("request %s never reached the agent", id)
 	}
 	deadline := time.Now().Add(wait)
 	for {
@@ -75,9 +136,6 @@ func FetchResult(ctx context.Context, id, resultsDir string, wait time.Duration,
 		}
 		if !errors.Is(err, fs.ErrNotExist) {
 			return err
-		}
-		if _, err := os.Stat(filepath.Join(resultsDir, id+".started")); errors.Is(err, fs.ErrNotExist) && time.Now().After(deadline.Add(-wait/2)) {
-			return fmt.Errorf("request %s never reached the agent", id)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("request %s is still running after %s", id, wait)

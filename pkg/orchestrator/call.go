@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -65,6 +66,9 @@ func (r *Runner) fetchResult(ctx context.Context, ap agentPod, id string) ([]byt
 		out, err := r.Exec.Exec(ctx, Namespace, ap.pod, containerName, []string{api.Binary, "agent", "result", "--id", id}, nil)
 		if err == nil {
 			return out, nil
+		}
+		if strings.Contains(err.Error(), "never reached the agent") {
+			return nil, err
 		}
 		last = err
 		select {

@@ -20,12 +20,20 @@ func newCmdAgent(streams genericiooptions.IOStreams) *cobra.Command {
 		RunE: func(c *cobra.Command, _ []string) error { return agent.Serve(c.Context()) },
 	})
 	cmd.AddCommand(&cobra.Command{
-		Use: "exec", Short: "Perform the JSON request read from stdin", Args: cobra.NoArgs,
+		Use: "exec", Short: "Perform the JSON request read from stdin in a detached process; print its result", Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			return agent.New(api.HostRoot).Exec(context.Background(), streams.In, streams.Out, api.ResultsDir)
+			return agent.Exec(context.Background(), streams.In, streams.Out, api.ResultsDir, agent.DetachedLauncher(api.ResultsDir))
 		},
 	})
 	var id string
+	run := &cobra.Command{
+		Use: "run", Short: "Perform a filed request (started by exec)", Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return agent.New(api.HostRoot).RunFiled(context.Background(), api.ResultsDir, id)
+		},
+	}
+	run.Flags().StringVar(&id, "id", "", "request id")
+	cmd.AddCommand(run)
 	var wait time.Duration
 	result := &cobra.Command{
 		Use: "result", Short: "Print the filed result of an earlier request", Args: cobra.NoArgs,
