@@ -120,6 +120,12 @@ func (o *StatusOptions) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	return o.report(nodes)
+}
+
+// report prints the nodes' certificates and fails for unreadable nodes and,
+// with --warn-within, for certificates that expire within the window.
+func (o *StatusOptions) report(nodes []orchestrator.NodeStatus) error {
 	rep := buildStatusReport(nodes)
 	switch o.output {
 	case "json":
