@@ -103,9 +103,9 @@ for c in docker go debootstrap jq containerd ctr chroot dpkg-deb ldconfig flock;
 		exit 1
 	}
 done
-# One build at a time per work directory; a waiting run finds the image cached afterwards.
-mkdir -p "$WORK"
-exec 9>"$WORK.lock"
+# One build at a time on this machine (the intermediate pod images use docker-global
+# registry.k8s.io/* tags); a run that waited finds the image cached afterwards.
+exec 9>"${NODEIMAGE_LOCK:-/var/lock/rotate-certs-build-node-image.lock}"
 flock 9
 
 need_node=1 need_haproxy=1

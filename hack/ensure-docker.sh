@@ -15,9 +15,12 @@ DOCKERD_LOG=${DOCKERD_LOG:-/var/log/dockerd.log}
 WRAPPER_NAME=runc-drop-sys-resource
 WRAPPER_PATH=/usr/local/bin/$WRAPPER_NAME
 DAEMON_JSON=/etc/docker/daemon.json
-# Host packages: the engine, jq (used by the wrapper runtime), and what hack/build-node-image.sh
-# needs (debootstrap; containerd's ctr to preload images into the node's store).
-HOST_PACKAGES=(docker.io containerd runc jq debootstrap ca-certificates xz-utils)
+# Host commands and the Debian packages that provide them: the engine, jq (used by the wrapper
+# runtime), and what hack/build-node-image.sh needs (debootstrap; containerd and ctr to preload
+# images into the node's store). Checked by command, so an engine installed otherwise (docker-ce,
+# containerd.io) is left alone.
+HOST_COMMANDS=(dockerd:docker.io containerd:containerd ctr:containerd runc:runc jq:jq
+	debootstrap:debootstrap update-ca-certificates:ca-certificates xz:xz-utils flock:util-linux)
 
 log() { echo "ensure-docker: $*" >&2; }
 SUDO=""
@@ -25,17 +28,19 @@ if [[ $(id -u) != 0 ]]; then SUDO=sudo; fi
 
 # --- 1. packages -----------------------------------------------------------------------------
 missing=()
-for p in "${HOST_PACKAGES[@]}"; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+for cp in "${HOST_COMMANDS[@]}"; do
+	c=${cp%%:*} p=${cp#*:}
+	if ! command -v "$c" >/dev/null 2>&1 && [[ " ${missing[*]} " != *" $p "* ]]; then
+		missing+=("$p")
+	fi
 done
 if ((${#missing[@]})); then
 	log "installing packages: ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive
 	$SUDO apt-get update -qq >/dev/null
-	# policy-rc.d 101: do not let package scripts start services (we start dockerd ourselves).
 	$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
-	log "packages present: ${HOST_PACKAGES[*]}"
+	log "host commands present: ${HOST_COMMANDS[*]%%:*}"
 fi
 
 # --- 2. daemon ---------------------------------------------------------------------------------
@@ -114,7 +119,12 @@ if out=$(probe); then
 elif grep -q "unable to apply caps" <<<"$out"; then
 	log "docker run --privileged fails: $(grep -o 'unable to apply caps[^"]*' <<<"$out" | head -1)"
 	log "installing wrapper OCI runtime $WRAPPER_PATH as dockerd's default runtime"
-	$SUDO install -m 0755 "$REPO_ROOT/hack/$WRAPPER_NAME" "$WRAPPER_PATH"
+	real_runc=$(command -v runc)
+	sed "s|^REAL_RUNC=.*|REAL_RUNC=\${REAL_RUNC:-$real_runc}|" "$REPO_ROOT/hack/$WRAPPER_NAME" |
+		$SUDO tee "$WRAPPER_PATH.new" >/dev/null
+	$SUDO chmod 0755 "$WRAPPER_PATH.new"
+	$SUDO mv -f "$WRAPPER_PATH.new" "$WRAPPER_PATH"
+	log "installed $WRAPPER_PATH (real runc: $real_runc)"
 	$SUDO mkdir -p "$(dirname "$DAEMON_JSON")"
 	current='{}'
 	[[ -s "$DAEMON_JSON" ]] && current=$(cat "$DAEMON_JSON")
@@ -136,13 +146,17 @@ else
 fi
 
 # --- 4. kernel limits ----------------------------------------------------------------------------
-want=1024
-cur=$(cat /proc/sys/fs/inotify/max_user_instances 2>/dev/null || echo 0)
-if ((cur < want)); then
-	if $SUDO sysctl -q -w fs.inotify.max_user_instances=$want >/dev/null 2>&1; then
-		log "raised fs.inotify.max_user_instances $cur -> $want"
+# kind's recommendation; a 4-node cluster used 81 inotify instances (the default is 128).
+raise_sysctl() { # raise_sysctl KEY MIN
+	local file=/proc/sys/${1//.//} cur
+	cur=$(cat "$file" 2>/dev/null || echo 0)
+	((cur >= $2)) && return 0
+	if $SUDO sysctl -q -w "$1=$2" >/dev/null 2>&1; then
+		log "raised $1 $cur -> $2"
 	else
-		log "WARNING: fs.inotify.max_user_instances is $cur and cannot be raised (a 4-node cluster uses ~81)"
+		log "WARNING: $1 is $cur and cannot be raised to $2 (several kind clusters at once may fail)"
 	fi
-fi
+}
+raise_sysctl fs.inotify.max_user_instances 1024
+raise_sysctl fs.inotify.max_user_watches 524288
 log "done"
