@@ -17,6 +17,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
 
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/pki"
@@ -27,6 +28,7 @@ type staticPod struct {
 	name  string            // kube-apiserver, etcd, ...
 	flags map[string]string // --key=value flags of its command
 	probe *corev1.HTTPGetAction
+	ports map[string]int32 // named container ports (kubeadm's probes use "probe-port")
 }
 
 // readStaticPod parses /etc/kubernetes/manifests/<name>.yaml.
@@ -43,7 +45,12 @@ func readStaticPod(root, name string) (*staticPod, error) {
 		return nil, fmt.Errorf("/%s/%s.yaml has no container", pki.ManifestsDir, name)
 	}
 	c := pod.Spec.Containers[0]
-	sp := &staticPod{name: name, flags: map[string]string{}}
+	sp := &staticPod{name: name, flags: map[string]string{}, ports: map[string]int32{}}
+	for _, p := range c.Ports {
+		if p.Name != "" {
+			sp.ports[p.Name] = p.ContainerPort
+		}
+	}
 	for _, arg := range append(append([]string{}, c.Command...), c.Args...) {
 		if k, v, ok := strings.Cut(strings.TrimPrefix(arg, "--"), "="); ok && strings.HasPrefix(arg, "--") {
 			sp.flags[k] = v
@@ -71,7 +78,15 @@ func (sp *staticPod) healthURL() (string, error) {
 	if scheme == "" {
 		scheme = "http"
 	}
-	return fmt.Sprintf("%s://%s%s", scheme, net.JoinHostPort(host, sp.probe.Port.String()), sp.probe.Path), nil
+	port := sp.probe.Port.String()
+	if sp.probe.Port.Type == intstr.String {
+		p, ok := sp.ports[sp.probe.Port.StrVal]
+		if !ok {
+			return "", fmt.Errorf("%s: manifest probe names port %q, which the container does not declare", sp.name, sp.probe.Port.StrVal)
+		}
+		port = strconv.Itoa(int(p))
+	}
+	return fmt.Sprintf("%s://%s%s", scheme, net.JoinHostPort(host, port), sp.probe.Path), nil
 }
 
 // httpClient checks health endpoints. Their serving certificates are

@@ -1,6 +1,7 @@
 package orchestrator
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -24,10 +25,11 @@ type agentPod struct {
 	controlPlane bool
 }
 
-// call sends one request to a node's agent and returns its result. When
-// the exec stream breaks (the action restarted kube-apiserver or the
-// kubelet, which carry the stream), the result the agent filed is fetched
-// once the API answers again.
+// call sends one request to a node's agent and returns its result. The
+// exec stream passes through kube-apiserver and the kubelet, so it breaks
+// when an action restarts either (or a request meets one restarting): the
+// agent files every result, and call fetches it once the API answers again,
+// or sends the request again if it never reached the agent.
 func (r *Runner) call(ctx context.Context, ap agentPod, req api.Request) (*api.Result, error) {
 	req.ID = newID()
 	req.Version = version.Version
@@ -36,15 +38,9 @@ func (r *Runner) call(ctx context.Context, ap agentPod, req api.Request) (*api.R
 	if err != nil {
 		return nil, err
 	}
-	out, err := r.Exec.Exec(ctx, Namespace, ap.pod, containerName, []string{api.Binary, "agent", "exec"}, in)
+	out, err := r.deliver(ctx, ap, req, in)
 	if err != nil {
-		if apierrors.IsForbidden(err) || ctx.Err() != nil {
-			return nil, fmt.Errorf("node %s: %w", ap.node, err)
-		}
-		r.logf("node %s: %s: exec stream ended early (%v); fetching the filed result", ap.node, req.Action, err)
-		if out, err = r.fetchResult(ctx, ap, req.ID); err != nil {
-			return nil, fmt.Errorf("node %s: %s: %w", ap.node, req.Action, err)
-		}
+		return nil, fmt.Errorf("node %s: %s: %w", ap.node, req.Action, err)
 	}
 	var res api.Result
 	if err := json.Unmarshal(out, &res); err != nil {
@@ -59,25 +55,47 @@ func (r *Runner) call(ctx context.Context, ap agentPod, req api.Request) (*api.R
 	return &res, nil
 }
 
-func (r *Runner) fetchResult(ctx context.Context, ap agentPod, id string) ([]byte, error) {
+// deliver execs the request and returns the agent's answer, fetching the
+// filed result when the stream broke.
+func (r *Runner) deliver(ctx context.Context, ap agentPod, req api.Request, in []byte) ([]byte, error) {
 	deadline := time.Now().Add(r.Timeout)
+	send := true
 	var last error
-	for time.Now().Before(deadline) {
-		out, err := r.Exec.Exec(ctx, Namespace, ap.pod, containerName, []string{api.Binary, "agent", "result", "--id", id}, nil)
-		if err == nil {
-			return out, nil
+	for {
+		if send {
+			out, err := r.Exec.Exec(ctx, Namespace, ap.pod, containerName, []string{api.Binary, "agent", "exec"}, in)
+			if err == nil && len(bytes.TrimSpace(out)) > 0 {
+				return out, nil
+			}
+			if err == nil {
+				err = errors.New("the stream ended without an answer")
+			}
+			if apierrors.IsForbidden(err) || ctx.Err() != nil {
+				return nil, err
+			}
+			r.logf("node %s: %s: %v; fetching the result the agent filed", ap.node, req.Action, err)
+			last, send = err, false
+		} else {
+			out, err := r.Exec.Exec(ctx, Namespace, ap.pod, containerName, []string{api.Binary, "agent", "result", "--id", req.ID}, nil)
+			switch {
+			case err == nil && len(bytes.TrimSpace(out)) > 0:
+				return out, nil
+			case err != nil && strings.Contains(err.Error(), "never reached the agent"):
+				send = true // safe: the agent never saw it
+				continue
+			case err != nil:
+				last = err
+			}
 		}
-		if strings.Contains(err.Error(), "never reached the agent") {
-			return nil, err
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("no answer within %s: %w", r.Timeout, last)
 		}
-		last = err
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-time.After(2 * time.Second):
+		case <-time.After(r.poll()):
 		}
 	}
-	return nil, errors.Join(fmt.Errorf("no result after %s", r.Timeout), last)
 }
 
 func newID() string {

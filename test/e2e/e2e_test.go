@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -304,29 +305,32 @@ func (e *env) checkRenewed(before, after map[string]*snapshot, services ...pki.S
 	}
 }
 
-// pollAPI reads /readyz through the kind endpoint every 200 ms until stop
-// and counts failed requests.
-func (e *env) pollAPI(stop <-chan struct{}) (failures *atomic.Int64, done <-chan struct{}) {
+// pollAPI reads /readyz through the kind endpoint every 200 ms and counts
+// failed requests until stop is called (or the test ends).
+func (e *env) pollAPI() (failures *atomic.Int64, stop func()) {
+	t := e.t
 	failures = &atomic.Int64{}
-	d := make(chan struct{})
+	quit, done := make(chan struct{}), make(chan struct{})
 	go func() {
-		defer close(d)
+		defer close(done)
 		for {
 			select {
-			case <-stop:
+			case <-quit:
 				return
 			case <-time.After(200 * time.Millisecond):
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 			err := e.client.Discovery().RESTClient().Get().AbsPath("/readyz").Do(ctx).Error()
 			cancel()
-			if err != nil {
-				failures.Add(1)
-				e.t.Logf("API poll failed: %v", err)
+			if err != nil && failures.Add(1) <= 5 {
+				t.Logf("API poll failed: %v", err)
 			}
 		}
 	}()
-	return failures, d
+	var once sync.Once
+	stop = func() { once.Do(func() { close(quit); <-done }) }
+	t.Cleanup(stop)
+	return failures, stop
 }
 
 func (e *env) checkNodesReady() {

@@ -27,17 +27,20 @@ func TestRotate(t *testing.T) {
 	t.Run("bad input changes nothing", func(t *testing.T) {
 		e.t = t
 		before := e.snapshots()
-		for _, args := range [][]string{
-			{"--service", "etcdd"},
-			{"--all", "--nodes", "no-such-node"},
-			{"--all", "--service", "etcd"},
+		for _, tc := range []struct {
+			args []string
+			want string
+		}{
+			{[]string{"--service", "etcdd"}, "valid services are etcd, kube-apiserver"},
+			{[]string{"--all", "--nodes", "no-such-node"}, "no-such-node not found; nodes are: " + e.cps[0]},
+			{[]string{"--all", "--service", "etcd"}, "--all and --service exclude each other"},
 		} {
-			_, stderr, err := e.plugin(pluginBin, args...)
+			_, stderr, err := e.plugin(pluginBin, tc.args...)
 			if err == nil {
-				t.Errorf("%v: exit 0, want an error", args)
+				t.Errorf("%v: exit 0, want an error", tc.args)
 			}
-			if !strings.Contains(stderr, "etcd") && !strings.Contains(stderr, "no-such-node") {
-				t.Errorf("%v: error does not say what is wrong: %s", args, stderr)
+			if !strings.Contains(stderr, tc.want) {
+				t.Errorf("%v: error does not say %q: %s", tc.args, tc.want, stderr)
 			}
 		}
 		after := e.snapshots()
@@ -124,11 +127,9 @@ func TestRotate(t *testing.T) {
 	t.Run("all keeps the API up", func(t *testing.T) {
 		e.t = t
 		before, procs := e.snapshots(), e.processes()
-		stop := make(chan struct{})
-		failures, done := e.pollAPI(stop)
+		failures, stop := e.pollAPI()
 		e.mustPlugin("--all")
-		close(stop)
-		<-done
+		stop()
 		after, procsAfter := e.snapshots(), e.processes()
 		e.checkRenewed(before, after, allServices...)
 		if f := failures.Load(); f > 0 {
@@ -195,11 +196,9 @@ func TestRotateHA(t *testing.T) {
 	}
 	e := setup(t, "rotate-certs-e2e-ha", 3, 1)
 	before := e.snapshots()
-	stop := make(chan struct{})
-	failures, done := e.pollAPI(stop)
+	failures, stop := e.pollAPI()
 	e.mustPlugin("--all")
-	close(stop)
-	<-done
+	stop()
 	after := e.snapshots()
 	e.checkRenewed(before, after, allServices...)
 	if f := failures.Load(); f > 0 {

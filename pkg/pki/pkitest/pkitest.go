@@ -227,7 +227,8 @@ spec:
   containers:
   - name: kube-apiserver
     command: [kube-apiserver, --secure-port=6443, --etcd-servers=https://127.0.0.1:2379]
-    readinessProbe: {httpGet: {host: 127.0.0.1, path: /readyz, port: 6443, scheme: HTTPS}}
+    ports: [{containerPort: 6443, name: probe-port, protocol: TCP}]
+    readinessProbe: {httpGet: {host: 172.18.0.2, path: /readyz, port: probe-port, scheme: HTTPS}}
 `
 
 const etcdManifest = `apiVersion: v1
@@ -236,8 +237,9 @@ metadata: {name: etcd, namespace: kube-system}
 spec:
   containers:
   - name: etcd
-    command: [etcd, --listen-client-urls=https://127.0.0.1:2379, --listen-peer-urls=https://127.0.0.1:2380]
-    livenessProbe: {httpGet: {host: 127.0.0.1, path: /livez, port: 2381, scheme: HTTP}}
+    command: [etcd, --listen-client-urls=https://127.0.0.1:2379,https://172.18.0.2:2379, --listen-peer-urls=https://172.18.0.2:2380]
+    ports: [{containerPort: 2381, name: probe-port, protocol: TCP}]
+    livenessProbe: {httpGet: {host: 127.0.0.1, path: /livez, port: probe-port, scheme: HTTP}}
 `
 
 const simpleManifest = `apiVersion: v1
@@ -246,6 +248,7 @@ metadata: {name: %[1]s, namespace: kube-system}
 spec:
   containers:
   - name: %[1]s
-    command: [%[1]s]
-    livenessProbe: {httpGet: {host: 127.0.0.1, path: /healthz, port: %[2]d, scheme: HTTPS}}
+    command: [%[1]s, --bind-address=127.0.0.1]
+    ports: [{containerPort: %[2]d, name: probe-port, protocol: TCP}]
+    livenessProbe: {httpGet: {host: 127.0.0.1, path: /healthz, port: probe-port, scheme: HTTPS}}
 `
