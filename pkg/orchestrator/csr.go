@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/api"
@@ -47,14 +48,29 @@ func (r *Runner) signCSR(ctx context.Context, node, runID string, c api.CSR, val
 		defer cancel()
 		_ = csrs.Delete(dctx, created.Name, metav1.DeleteOptions{})
 	}()
-	created.Status.Conditions = append(created.Status.Conditions, certificatesv1.CertificateSigningRequestCondition{
-		Type:           certificatesv1.CertificateApproved,
-		Status:         corev1.ConditionTrue,
-		Reason:         "RotateCertsApproved",
-		Message:        "approved by kubectl rotate-certs for node " + node,
-		LastUpdateTime: metav1.Now(),
+	// Controllers may touch a fresh CSR (a conflict then); approve the
+	// latest version, unless something already approved it.
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		latest, err := csrs.Get(ctx, created.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		for _, c := range latest.Status.Conditions {
+			if c.Type == certificatesv1.CertificateApproved && c.Status == corev1.ConditionTrue {
+				return nil
+			}
+		}
+		latest.Status.Conditions = append(latest.Status.Conditions, certificatesv1.CertificateSigningRequestCondition{
+			Type:           certificatesv1.CertificateApproved,
+			Status:         corev1.ConditionTrue,
+			Reason:         "RotateCertsApproved",
+			Message:        "approved by kubectl rotate-certs for node " + node,
+			LastUpdateTime: metav1.Now(),
+		})
+		_, err = csrs.UpdateApproval(ctx, created.Name, latest, metav1.UpdateOptions{})
+		return err
 	})
-	if _, err := csrs.UpdateApproval(ctx, created.Name, created, metav1.UpdateOptions{}); err != nil {
+	if err != nil {
 		return "", fmt.Errorf("node %s: approving CertificateSigningRequest %s (needs approve on signer %s): %w", node, created.Name, c.SignerName, err)
 	}
 	var cert []byte

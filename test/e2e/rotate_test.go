@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/api"
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/pki"
 )
 
@@ -77,22 +78,11 @@ func TestRotate(t *testing.T) {
 
 	t.Run("status matches kubeadm", func(t *testing.T) {
 		e.t = t
-		out := e.mustPlugin("status", "-o", "json")
-		var rep struct {
-			Certificates []struct {
-				Node     string     `json:"node"`
-				Name     string     `json:"name"`
-				NotAfter *time.Time `json:"notAfter"`
-				Missing  bool       `json:"missing"`
-			} `json:"certificates"`
-		}
-		if err := json.Unmarshal([]byte(out), &rep); err != nil {
-			t.Fatalf("status -o json: %v", err)
-		}
+		certs := e.status()
 		snaps := e.snapshots()
 		inv := inventory()
 		seen := map[string]bool{}
-		for _, c := range rep.Certificates {
+		for _, c := range certs {
 			seen[c.Node] = true
 			entry, ok := inv[c.Name]
 			if !ok || c.Missing {
@@ -146,6 +136,16 @@ func TestRotate(t *testing.T) {
 		e.checkNodesReady()
 		e.checkNoAgentPods()
 		e.checkKubeadmAgrees(after)
+		// status, the read-only half, shows every renewed certificate with
+		// about the requested validity left.
+		for _, c := range e.status() {
+			if c.Missing || c.Name == "super-admin.conf" && c.NotAfter == nil {
+				continue
+			}
+			if left := time.Duration(c.ResidualSeconds) * time.Second; left < 364*24*time.Hour || left > 366*24*time.Hour {
+				t.Errorf("status after --all: node %s %s has %s left, want about 8760h", c.Node, c.Name, left.Round(time.Hour))
+			}
+		}
 	})
 
 	t.Run("all again right after, restarting everything", func(t *testing.T) {
@@ -186,6 +186,20 @@ func TestRotate(t *testing.T) {
 		e.checkNodesReady()
 		e.checkNoAgentPods()
 	})
+}
+
+// status runs `kubectl rotate-certs status -o json` and returns its
+// certificates.
+func (e *env) status() []api.CertInfo {
+	e.t.Helper()
+	out := e.mustPlugin("status", "-o", "json")
+	var rep struct {
+		Certificates []api.CertInfo `json:"certificates"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		e.t.Fatalf("status -o json: %v", err)
+	}
+	return rep.Certificates
 }
 
 // TestRotateHA rotates a cluster with three control planes and checks that
