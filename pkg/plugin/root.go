@@ -6,7 +6,11 @@
 package plugin
 
 import (
+	"context"
 	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
@@ -32,17 +36,7 @@ Private keys never leave the node they live on.`,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: false,
-		RunE: func(c *cobra.Command, _ []string) error {
-			if err := o.Complete(); err != nil {
-				return err
-			}
-			if err := o.Validate(); err != nil {
-				return err
-			}
-			ctx, cancel := signalContext()
-			defer cancel()
-			return o.Run(ctx)
-		},
+		RunE:          func(*cobra.Command, []string) error { return run(o) },
 	}
 	o.addFlags(cmd)
 	cmd.SetOut(streams.Out)
@@ -50,6 +44,26 @@ Private keys never leave the node they live on.`,
 	cmd.SetVersionTemplate("{{.Version}}\n")
 	cmd.AddCommand(newCmdVersion(streams), NewCmdStatus(streams), newCmdAgent(streams))
 	return cmd
+}
+
+// options is the Complete/Validate/Run contract of every command.
+type options interface {
+	Complete() error
+	Validate() error
+	Run(ctx context.Context) error
+}
+
+// run drives a command's options; Ctrl-C cancels Run, which then cleans up.
+func run(o options) error {
+	if err := o.Complete(); err != nil {
+		return err
+	}
+	if err := o.Validate(); err != nil {
+		return err
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	return o.Run(ctx)
 }
 
 func newCmdVersion(streams genericiooptions.IOStreams) *cobra.Command {

@@ -5,10 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -209,9 +206,4 @@ func shortSerial(s string) string {
 		return s[:6] + "…" + s[len(s)-5:]
 	}
 	return s
-}
-
-// signalContext is cancelled on Ctrl-C or SIGTERM, so runs stop and clean up.
-func signalContext() (context.Context, context.CancelFunc) {
-	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 }

@@ -53,17 +53,7 @@ func NewCmdStatus(streams genericiooptions.IOStreams) *cobra.Command {
   # Fail (exit 1) when anything expires within 30 days, e.g. in a CronJob
   kubectl rotate-certs status --warn-within 30d -o json`,
 		Args: cobra.NoArgs,
-		RunE: func(c *cobra.Command, _ []string) error {
-			if err := o.Complete(); err != nil {
-				return err
-			}
-			if err := o.Validate(); err != nil {
-				return err
-			}
-			ctx, cancel := signalContext()
-			defer cancel()
-			return o.Run(ctx)
-		},
+		RunE: func(*cobra.Command, []string) error { return run(o) },
 	}
 	o.commonFlags.addFlags(cmd)
 	cmd.Flags().StringVarP(&o.output, "output", "o", "", "Output format: json or yaml (default: tables)")
