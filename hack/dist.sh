@@ -7,10 +7,11 @@
 #   $DIST_DIR/rotate-certs.yaml   krew/rotate-certs.yaml rendered
 #   $DIST_DIR/bin/<os>_<arch>/    the raw binaries
 #
-# Same commit + same Go toolchain => byte-identical archives, on any machine
-# and from any checkout path: static (CGO_ENABLED=0) -trimpath builds without
-# VCS stamping or build id, default GOAMD64/GOARM64 levels, and archives
-# written by hack/tools/krewdist with fixed order, owners, modes and times.
+# Same commit => byte-identical archives, on any machine and from any checkout
+# path: the Go toolchain pinned by go.mod (GOTOOLCHAIN), static
+# (CGO_ENABLED=0) -trimpath builds without VCS stamping or build id, default
+# GOAMD64/GOARM64 levels, and archives written by hack/tools/krewdist with
+# fixed order, owners, modes and times.
 #
 # Environment:
 #   VERSION            version to stamp (default: hack/version.sh)
@@ -32,6 +33,17 @@ if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
   SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || echo 315532800)
 fi
 PKG=github.com/rotate-certs/kubectl-rotate-certs
+# The bytes depend on the Go toolchain, so releases use exactly the one go.mod
+# names (its toolchain line, else its go line); a different local Go fetches
+# it from the module proxy. Override with GOTOOLCHAIN=local to use whatever Go
+# is installed.
+if [ -z "${GOTOOLCHAIN:-}" ]; then
+  GOTOOLCHAIN=$(awk '$1 == "toolchain" { t = $2 }
+    $1 == "go" { g = "go" $2; if (split($2, p, ".") == 2) g = g ".0" }
+    END { print (t != "" ? t : g) }' go.mod)
+fi
+export GOTOOLCHAIN
+echo "hack/dist.sh: $(go version)" >&2
 
 case "$DIST_DIR" in
   "" | / | . | ..) echo "hack/dist.sh: refusing DIST_DIR='$DIST_DIR'" >&2; exit 1 ;;
