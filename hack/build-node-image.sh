@@ -18,6 +18,8 @@
 #   DEBIAN_MIRROR                 default http://deb.debian.org/debian
 #   NODEIMAGE_WORKDIR             default <repo>/_output/nodeimage
 #   NODEIMAGE_CACHE               persistent download cache, default /var/cache/rotate-certs
+#   NODEIMAGE_KEEP_OLD=1          keep rotate-certs/kind-node images of other inputs (removed
+#                                 after a build by default, unless a container uses them)
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -340,8 +342,20 @@ ENTRYPOINT [\"/usr/local/bin/entrypoint\", \"/sbin/init\"]"
 	docker rmi "${POD_IMAGES[@]}" >/dev/null 2>&1 || true
 fi
 
-step "clean up work files"
+step "clean up work files and superseded images"
 rm -rf "$ROOTFS" "$STAGE" "$WORK/debs" "$WORK/commit"
+# Node images of other inputs and load-balancer images this build replaced. docker rmi
+# without -f refuses images a container still uses, so running clusters keep theirs.
+if [[ "${NODEIMAGE_KEEP_OLD:-0}" != 1 ]]; then
+	for old in $(docker images --format '{{.Repository}}:{{.Tag}}' rotate-certs/kind-node); do
+		[[ "$old" == "$NODE_IMAGE" ]] && continue
+		if docker rmi "$old" >/dev/null 2>&1; then log "removed superseded $old"; fi
+	done
+	# load-balancer images this script built before, untagged when a build took over the tag
+	for old in $(docker images -q --filter dangling=true --filter "label=$LABEL"); do
+		if docker rmi "$old" >/dev/null 2>&1; then log "removed superseded image $old"; fi
+	done
+fi
 step_end
 log "done in $((SECONDS - TOTAL_START))s: $NODE_IMAGE ($(docker image inspect --format '{{.Size}}' "$NODE_IMAGE" 2>/dev/null | awk '{printf "%d MB", $1/1e6}'))"
 echo "$NODE_IMAGE"

@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,9 @@ import (
 
 	"github.com/rotate-certs/kubectl-rotate-certs/test/e2e/framework"
 )
+
+// Environment: ROTATE_CERTS_NODE_IMAGE (hack/e2e-env.sh), ROTATE_CERTS_E2E_KEEP=1 keeps the
+// clusters, ROTATE_CERTS_E2E_LOGS=DIR collects kind's logs of a failed test's cluster under DIR.
 
 // TestFrameworkSmoke checks the e2e harness itself: a 1 control-plane + 1 worker cluster comes
 // up Ready with CoreDNS running, and kubeadm works inside the control-plane node.
@@ -49,6 +53,13 @@ func frameworkSmoke(t *testing.T, name string, controlPlanes, workers int) {
 	}
 	t.Logf("cluster %s: %d+%d nodes Ready with CoreDNS running after %s", c.Name(), controlPlanes, workers, time.Since(start).Round(time.Second))
 	defer func() {
+		if dir := os.Getenv("ROTATE_CERTS_E2E_LOGS"); dir != "" && t.Failed() {
+			if err := c.CollectLogs(filepath.Join(dir, c.Name())); err != nil {
+				t.Logf("collecting logs: %v", err)
+			} else {
+				t.Logf("cluster logs in %s", filepath.Join(dir, c.Name()))
+			}
+		}
 		if os.Getenv("ROTATE_CERTS_E2E_KEEP") == "1" {
 			t.Logf("keeping cluster %s (kubeconfig %s)", c.Name(), c.KubeconfigPath())
 			return

@@ -254,6 +254,12 @@ func (c *Cluster) LoadImage(ctx context.Context, image string) error {
 	return errors.Join(errs...)
 }
 
+// CollectLogs writes kind's diagnostics (journals, container logs, docker inspect of every
+// node) under dir, like `kind export logs`; useful before Delete when a test failed.
+func (c *Cluster) CollectLogs(dir string) error {
+	return c.provider.CollectLogs(c.name, dir)
+}
+
 // Delete deletes the cluster and, when CreateCluster chose it, the kubeconfig file.
 func (c *Cluster) Delete() error {
 	err := c.provider.Delete(c.name, c.kubeconfigPath)
