@@ -2,13 +2,13 @@
 # both install everything they need on a fresh Debian machine.
 SHELL := /bin/bash
 VERSION ?= $(shell hack/version.sh)
-LDFLAGS := -s -w -X github.com/rotate-certs/kubectl-rotate-certs/pkg/version.Version=$(VERSION)
+LDFLAGS := -s -w -buildid= -X github.com/rotate-certs/kubectl-rotate-certs/pkg/version.Version=$(VERSION)
 BIN := bin/kubectl-rotate_certs
 
 .PHONY: build test test-unit e2e demo image dist test-krew lint vet clean
 
 build:
-	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/kubectl-rotate_certs
+	CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/kubectl-rotate_certs
 
 # Everything CI runs: unit tests, krew packaging tests, and the kind e2e suite.
 test: vet test-unit test-krew e2e

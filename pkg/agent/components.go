@@ -253,7 +253,7 @@ func restartStatic(ctx context.Context, procDir string, sp *staticPod, sig sysca
 	if err != nil {
 		return 0, 0, err
 	}
-	if err := syscall.Kill(old.pid, sig); err != nil {
+	if err := kill(old.pid, sig); err != nil {
 		return old.pid, 0, fmt.Errorf("signalling %s (pid %d): %w", sp.name, old.pid, err)
 	}
 	u, err := sp.healthURL()

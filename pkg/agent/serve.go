@@ -51,7 +51,7 @@ func DetachedLauncher(resultsDir string) Launcher {
 		}
 		cmd := exec.Command(self, "agent", "run", "--id", id)
 		cmd.Stdout, cmd.Stderr = logFile, logFile
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		detach(cmd)
 		if err := cmd.Start(); err != nil {
 			logFile.Close()
 			return nil, err

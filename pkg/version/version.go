@@ -3,11 +3,25 @@
 // image tag is always this exact version.
 package version
 
-import "strings"
+import (
+	"runtime/debug"
+	"strings"
+)
 
 // Version is set at build time with
 // -ldflags "-X github.com/rotate-certs/kubectl-rotate-certs/pkg/version.Version=v1.2.3".
+// A `go install ...@v1.2.3` build has no ldflags; it takes the module
+// version from the build info, so its default agent image exists too.
 var Version = "v0.0.0-dev"
+
+func init() {
+	if Version != "v0.0.0-dev" {
+		return
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && strings.HasPrefix(bi.Main.Version, "v") {
+		Version = bi.Main.Version
+	}
+}
 
 // ImageRepository is where released agent images are published.
 const ImageRepository = "ghcr.io/rotate-certs/kubectl-rotate-certs"
