@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
 	"io/fs"
@@ -322,5 +323,47 @@ func TestExecFilesResultForFetch(t *testing.T) {
 	}
 	if err := FetchResult(context.Background(), "never-sent", results, 200*time.Millisecond, &fetched); err == nil || !strings.Contains(err.Error(), "never reached") {
 		t.Errorf("unknown request: %v", err)
+	}
+}
+
+// The status view of a node: expired, near expiry, missing, corrupt,
+// externally managed and ECDSA certificates are all reported, none skipped.
+func TestInspectReportsEveryState(t *testing.T) {
+	root := t.TempDir()
+	n := pkitest.ControlPlane(t, root, "cp-1", pkitest.ECDSA)
+	ca, err := pki.LoadAuthority(root, pki.ClusterCA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Start, n.Validity = time.Now().Add(-400*24*time.Hour), 365*24*time.Hour // expired 35 days ago
+	c, k := n.Leaf(t, ca, pkix.Name{CommonName: "kube-apiserver"}, []string{"cp-1"}, nil, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth})
+	os.WriteFile(filepath.Join(root, "etc/kubernetes/pki/apiserver.crt"), c, 0o644)
+	os.WriteFile(filepath.Join(root, "etc/kubernetes/pki/apiserver.key"), k, 0o600)
+	os.Remove(filepath.Join(root, "etc/kubernetes/super-admin.conf"))
+	os.WriteFile(filepath.Join(root, "etc/kubernetes/pki/etcd/peer.crt"), []byte("not a certificate"), 0o644)
+	os.Remove(filepath.Join(root, pki.FrontProxyCA.KeyFile))
+
+	in := newTestAgent(t, root).Handle(context.Background(), request(api.Inspect)).Inspect
+	got := map[string]api.CertInfo{}
+	for _, c := range append(in.Certs, in.CAs...) {
+		got[c.Name] = c
+	}
+	if c := got["apiserver"]; c.ResidualSeconds > -34*24*3600 || c.NotAfter == nil {
+		t.Errorf("expired apiserver: residual %ds", c.ResidualSeconds)
+	}
+	if c := got["super-admin.conf"]; !c.Missing {
+		t.Errorf("super-admin.conf: %+v, want missing", c)
+	}
+	if c := got["etcd-peer"]; c.Error == "" || c.Missing {
+		t.Errorf("corrupt etcd-peer: %+v", c)
+	}
+	if !got["front-proxy-client"].ExternallyManaged || !got["front-proxy-ca"].ExternallyManaged || got["apiserver"].ExternallyManaged {
+		t.Error("only front-proxy-ca and its leaf are externally managed")
+	}
+	if a := got["scheduler.conf"].KeyAlgorithm; a != "ECDSA-P-256" {
+		t.Errorf("scheduler.conf key %q", a)
+	}
+	if c := got["etcd-server"]; c.ResidualSeconds < 60*24*3600 || c.CA != "etcd-ca" || len(c.SANs) == 0 {
+		t.Errorf("etcd-server: %+v", c)
 	}
 }
