@@ -44,12 +44,7 @@ func TestRotate(t *testing.T) {
 				t.Errorf("%v: error does not say %q: %s", tc.args, tc.want, stderr)
 			}
 		}
-		after := e.snapshots()
-		for n := range before {
-			if c := changedFiles(before[n], after[n]); len(c) > 0 {
-				t.Errorf("node %s: bad input changed %v", n, c)
-			}
-		}
+		e.checkUnchanged(before, "bad input")
 		e.checkNoAgentPods()
 	})
 
@@ -67,12 +62,7 @@ func TestRotate(t *testing.T) {
 				t.Errorf("plan does not mention %s", c)
 			}
 		}
-		after := e.snapshots()
-		for n := range before {
-			if c := changedFiles(before[n], after[n]); len(c) > 0 {
-				t.Errorf("node %s: dry run changed %v", n, c)
-			}
-		}
+		e.checkUnchanged(before, "dry run")
 		e.checkNoAgentPods()
 	})
 

@@ -13,7 +13,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/pki"
@@ -83,7 +82,7 @@ func (s *snapshot) cert(t *testing.T, c pki.Cert) *x509.Certificate {
 }
 
 // changedFiles lists files whose content differs between two snapshots
-// (added and removed files count), ignoring the kubelet's own transient files.
+// (added and removed files count).
 func changedFiles(a, b *snapshot) []string {
 	var out []string
 	seen := map[string]bool{}
@@ -101,11 +100,13 @@ func changedFiles(a, b *snapshot) []string {
 	return out
 }
 
-func hasPrefixAny(s string, prefixes ...string) bool {
-	for _, p := range prefixes {
-		if strings.HasPrefix(s, p) {
-			return true
+// checkUnchanged asserts that no node's files differ from before.
+func (e *env) checkUnchanged(before map[string]*snapshot, what string) {
+	e.t.Helper()
+	after := e.snapshots()
+	for n := range before {
+		if c := changedFiles(before[n], after[n]); len(c) > 0 {
+			e.t.Errorf("node %s: %s changed %v", n, what, c)
 		}
 	}
-	return false
 }
