@@ -367,3 +367,26 @@ func TestInspectReportsEveryState(t *testing.T) {
 		t.Errorf("etcd-server: %+v", c)
 	}
 }
+
+// A worker has the cluster CA's certificate and never its key: that is not
+// an externally managed CA. Its only certificates are the kubelet's.
+func TestInspectWorker(t *testing.T) {
+	cpRoot, root := t.TempDir(), t.TempDir()
+	pkitest.ControlPlane(t, cpRoot, "cp-1", pkitest.RSA)
+	ca, err := pki.LoadAuthority(cpRoot, pki.ClusterCA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkitest.Worker(t, root, "w-1", pkitest.RSA, ca)
+	req := request(api.Inspect)
+	req.Node = "w-1"
+	in := newTestAgent(t, root).Handle(context.Background(), req).Inspect
+	if in == nil || in.ControlPlane || len(in.CAs) != 1 || in.CAs[0].ExternallyManaged {
+		t.Fatalf("worker: %+v", in)
+	}
+	for _, c := range in.Certs {
+		if c.Service != "kubelet" || c.Missing || c.Error != "" {
+			t.Errorf("worker certificate %+v", c)
+		}
+	}
+}

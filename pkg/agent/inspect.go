@@ -75,7 +75,7 @@ func (a *Agent) inspect(req api.Request) (*api.InspectResult, error) {
 		if ca != pki.ClusterCA && !l.controlPlane {
 			continue
 		}
-		res.CAs = append(res.CAs, a.caInfo(req.Node, ca, now))
+		res.CAs = append(res.CAs, a.caInfo(req.Node, ca, l, now))
 	}
 	if len(req.Services) > 0 {
 		p, err := a.plan(req, l)
@@ -122,14 +122,16 @@ func (a *Agent) certInfo(node string, c pki.Cert, now time.Time) api.CertInfo {
 	return info
 }
 
-func (a *Agent) caInfo(node string, ca pki.CA, now time.Time) api.CertInfo {
+// caInfo describes a CA. Only on a control plane does a missing key mean
+// an externally managed CA: workers never hold CA keys.
+func (a *Agent) caInfo(node string, ca pki.CA, l layout, now time.Time) api.CertInfo {
 	data, err := pki.ReadFile(a.Root, ca.CertFile)
 	var cert *x509.Certificate
 	if err == nil {
 		cert, err = pki.ParseCertificatePEM(data)
 	}
 	info := describe(node, ca.Name, ca.CertFile, cert, now)
-	info.ExternallyManaged = cert != nil && !pki.Exists(a.Root, ca.KeyFile)
+	info.ExternallyManaged = l.controlPlane && cert != nil && !pki.Exists(a.Root, ca.KeyFile)
 	switch {
 	case errors.Is(err, pki.ErrMissing):
 		info.Missing = true
