@@ -284,7 +284,7 @@ func TestRotateRejectsMissingNodesAndRBAC(t *testing.T) {
 	f := newFakeAgents(t, c)
 	o := allOptions()
 	o.NodeNames = []string{"cp-9"}
-	if _, err := newTestRunner(c, f).Rotate(context.Background(), o); err == nil || !strings.Contains(err.Error(), "cp-9 not found") || !strings.Contains(err.Error(), "cp-1") {
+	if _, err := newTestRunner(c, f).Rotate(context.Background(), o); err == nil || !strings.Contains(err.Error(), "node cp-9 not found") || !strings.Contains(err.Error(), "cp-1") {
 		t.Errorf("missing node: %v", err)
 	}
 	c = fakeCluster(t, []string{"cp-1"}, nil, "create pods")
@@ -352,11 +352,11 @@ func TestStatusReportsUnreachableNodes(t *testing.T) {
 	c := fakeCluster(t, []string{"cp-1"}, []string{"w-1"})
 	f := newFakeAgents(t, c)
 	f.failAction["w-1"] = api.Inspect
-	out, err := newTestRunner(c, f).Status(context.Background(), nil, "", 2)
+	out, err := newTestRunner(c, f).Status(context.Background(), []string{"cp-1", "w-1", "w-9"}, "", 2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(out) != 2 || out[0].Error != "" || !strings.Contains(out[1].Error, "injected failure") {
+	if len(out) != 3 || out[0].Error != "" || !strings.Contains(out[1].Error, "injected failure") || !strings.Contains(out[2].Error, "not found; nodes are: cp-1, w-1") {
 		t.Errorf("status %+v", out)
 	}
 	if n := remainingPods(t, c); n != 0 {

@@ -77,25 +77,13 @@ func SelectNodes(ctx context.Context, c kubernetes.Interface, names []string, se
 	}
 	nodes := list.Items
 	if len(names) > 0 {
-		byName := map[string]corev1.Node{}
-		var all []string
-		for _, n := range nodes {
-			byName[n.Name] = n
-			all = append(all, n.Name)
-		}
-		nodes = nil
-		var unknown []string
-		for _, name := range names {
-			n, ok := byName[name]
-			if !ok {
-				unknown = append(unknown, name)
-				continue
+		var unknown []NodeStatus
+		if nodes, unknown = pickNodes(nodes, names, selector); len(unknown) > 0 {
+			var msgs []string
+			for _, u := range unknown {
+				msgs = append(msgs, "node "+u.Node+" "+u.Error)
 			}
-			nodes = append(nodes, n)
-		}
-		if len(unknown) > 0 {
-			sort.Strings(all)
-			return nil, fmt.Errorf("node(s) %s not found%s; nodes are: %s", strings.Join(unknown, ", "), selectorNote(selector), strings.Join(all, ", "))
+			return nil, errors.New(strings.Join(msgs, "\n"))
 		}
 	}
 	if len(nodes) == 0 {

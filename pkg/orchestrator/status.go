@@ -3,6 +3,9 @@ package orchestrator
 import (
 	"context"
 	"fmt"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/api"
 )
@@ -17,12 +20,17 @@ type NodeStatus struct {
 }
 
 // Status reads every certificate on the selected nodes through read-only
-// agent pods (no privileges, read-only mounts). A node that cannot be read
-// is reported with its error; the others are still reported.
+// agent pods (no privileges, read-only mounts). A node that cannot be read,
+// or a named node that does not exist, is reported with its error; the
+// others are still reported.
 func (r *Runner) Status(ctx context.Context, names []string, selector string, parallelism int) (out []NodeStatus, err error) {
-	nodes, err := SelectNodes(ctx, r.Client, names, selector)
+	nodes, err := SelectNodes(ctx, r.Client, nil, selector)
 	if err != nil {
 		return nil, err
+	}
+	var unknown []NodeStatus
+	if len(names) > 0 {
+		nodes, unknown = pickNodes(nodes, names, selector)
 	}
 	if err := r.Preflight(ctx, false, false); err != nil {
 		return nil, err
@@ -33,6 +41,9 @@ func (r *Runner) Status(ctx context.Context, names []string, selector string, pa
 			err = fmt.Errorf("deleting agent pods (label %s=%s): %w", LabelRun, runID, derr)
 		}
 	}()
+	if len(nodes) == 0 {
+		return unknown, nil
+	}
 	agents, startErrs := r.startAgents(ctx, nodes, runID, true, max(parallelism, 4))
 	out = make([]NodeStatus, len(nodes))
 	errs := forEach(ctx, len(nodes), max(parallelism, 4), func(i int) error {
@@ -53,5 +64,26 @@ func (r *Runner) Status(ctx context.Context, names []string, selector string, pa
 			out[i].Error = e.Error()
 		}
 	}
-	return out, nil
+	return append(out, unknown...), nil
+}
+
+// pickNodes keeps the named nodes and turns names that match no node into
+// error entries.
+func pickNodes(nodes []corev1.Node, names []string, selector string) ([]corev1.Node, []NodeStatus) {
+	byName := map[string]corev1.Node{}
+	var all []string
+	for _, n := range nodes {
+		byName[n.Name] = n
+		all = append(all, n.Name)
+	}
+	var picked []corev1.Node
+	var unknown []NodeStatus
+	for _, name := range names {
+		if n, ok := byName[name]; ok {
+			picked = append(picked, n)
+			continue
+		}
+		unknown = append(unknown, NodeStatus{Node: name, Error: fmt.Sprintf("not found%s; nodes are: %s", selectorNote(selector), strings.Join(all, ", "))})
+	}
+	return picked, unknown
 }

@@ -33,7 +33,7 @@ func TestRotate(t *testing.T) {
 			want string
 		}{
 			{[]string{"--service", "etcdd"}, "valid services are etcd, kube-apiserver"},
-			{[]string{"--all", "--nodes", "no-such-node"}, "no-such-node not found; nodes are: " + e.cps[0]},
+			{[]string{"--all", "--nodes", "no-such-node"}, "node no-such-node not found; nodes are: " + e.cps[0]},
 			{[]string{"--all", "--service", "etcd"}, "--all and --service exclude each other"},
 		} {
 			_, stderr, err := e.plugin(pluginBin, tc.args...)
@@ -89,6 +89,12 @@ func TestRotate(t *testing.T) {
 			}
 		}
 		e.checkKubeadmAgrees(snaps)
+
+		// A node that does not exist is named; the others are still reported.
+		out, stderr, err := e.plugin(pluginBin, "status", "--nodes", e.cps[0]+",no-such-node")
+		if err == nil || !strings.Contains(stderr, "node no-such-node: not found") || !strings.Contains(out, e.cps[0]+"  apiserver") {
+			t.Errorf("status with an unknown node: err=%v, stderr=%q, stdout lacks %s", err, stderr, e.cps[0])
+		}
 	})
 
 	t.Run("service etcd", func(t *testing.T) {
