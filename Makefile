@@ -10,8 +10,9 @@ BIN := bin/kubectl-rotate_certs
 build:
 	CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/kubectl-rotate_certs
 
-# Everything CI runs: unit tests, krew packaging tests, and the kind e2e suite.
-test: vet test-unit test-krew e2e
+# Everything CI runs: vet, gofmt and golangci-lint, unit tests, krew packaging
+# tests, and the kind e2e suite.
+test: vet lint test-unit test-krew e2e
 
 vet:
 	go vet ./...

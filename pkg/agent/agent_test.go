@@ -30,6 +30,13 @@ func newTestAgent(t *testing.T, root string) *Agent {
 	return a
 }
 
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 func request(action api.Action, services ...string) api.Request {
 	return api.Request{Version: version.Version, Action: action, Node: "cp-1", Services: services, Validity: 8760 * time.Hour, Restart: api.RestartNeeded}
 }
@@ -84,8 +91,8 @@ func diff(a, b map[string]string) []string {
 func TestInspectControlPlane(t *testing.T) {
 	root := t.TempDir()
 	pkitest.ControlPlane(t, root, "cp-1", pkitest.ECDSA)
-	os.MkdirAll(filepath.Join(root, "run/systemd"), 0o755)
-	os.WriteFile(filepath.Join(root, "run/systemd/private"), nil, 0o600) // stands in for the socket
+	must(t, os.MkdirAll(filepath.Join(root, "run/systemd"), 0o755))
+	must(t, os.WriteFile(filepath.Join(root, "run/systemd/private"), nil, 0o600)) // stands in for the socket
 	res := newTestAgent(t, root).Handle(context.Background(), request(api.Inspect, "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "admin"))
 	if res.Error != "" {
 		t.Fatal(res.Error)
@@ -113,8 +120,8 @@ func TestInspectRejectsOtherLayouts(t *testing.T) {
 	if !strings.Contains(res.Error, "not a kubeadm-layout node") {
 		t.Errorf("empty root: %q", res.Error)
 	}
-	os.MkdirAll(filepath.Join(root, pki.ManifestsDir), 0o755)
-	os.WriteFile(filepath.Join(root, pki.ManifestsDir, "kube-apiserver.yaml"), []byte("{}"), 0o600)
+	must(t, os.MkdirAll(filepath.Join(root, pki.ManifestsDir), 0o755))
+	must(t, os.WriteFile(filepath.Join(root, pki.ManifestsDir, "kube-apiserver.yaml"), []byte("{}"), 0o600))
 	res = newTestAgent(t, root).Handle(context.Background(), request(api.Inspect))
 	if !strings.Contains(res.Error, "ca.crt does not") {
 		t.Errorf("manifests without pki: %q", res.Error)
@@ -124,8 +131,8 @@ func TestInspectRejectsOtherLayouts(t *testing.T) {
 func TestProblemsBlockRenewAndChangeNothing(t *testing.T) {
 	root := t.TempDir()
 	pkitest.ControlPlane(t, root, "cp-1", pkitest.RSA)
-	os.WriteFile(filepath.Join(root, "etc/kubernetes/pki/apiserver.crt"), []byte("garbage"), 0o644)
-	os.Remove(filepath.Join(root, pki.EtcdCA.KeyFile))
+	must(t, os.WriteFile(filepath.Join(root, "etc/kubernetes/pki/apiserver.crt"), []byte("garbage"), 0o644))
+	must(t, os.Remove(filepath.Join(root, pki.EtcdCA.KeyFile)))
 	before := tree(t, root)
 	a := newTestAgent(t, root)
 	in := a.Handle(context.Background(), request(api.Inspect, "etcd", "kube-apiserver")).Inspect
@@ -275,7 +282,7 @@ func TestKubeletConfWithEmbeddedCertIsRepointed(t *testing.T) {
 		u.ClientCertificate, u.ClientKey = "", ""
 		u.ClientCertificateData, u.ClientKeyData = []byte("cert"), []byte("key")
 	}
-	clientcmd.WriteToFile(*cfg, filepath.Join(root, pki.KubeletKubeconfig))
+	must(t, clientcmd.WriteToFile(*cfg, filepath.Join(root, pki.KubeletKubeconfig)))
 	a := newTestAgent(t, root)
 	res := a.Handle(context.Background(), request(api.KubeletCSR))
 	req := request(api.KubeletInstall)
@@ -337,11 +344,11 @@ func TestInspectReportsEveryState(t *testing.T) {
 	}
 	n.Start, n.Validity = time.Now().Add(-400*24*time.Hour), 365*24*time.Hour // expired 35 days ago
 	c, k := n.Leaf(t, ca, pkix.Name{CommonName: "kube-apiserver"}, []string{"cp-1"}, nil, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth})
-	os.WriteFile(filepath.Join(root, "etc/kubernetes/pki/apiserver.crt"), c, 0o644)
-	os.WriteFile(filepath.Join(root, "etc/kubernetes/pki/apiserver.key"), k, 0o600)
-	os.Remove(filepath.Join(root, "etc/kubernetes/super-admin.conf"))
-	os.WriteFile(filepath.Join(root, "etc/kubernetes/pki/etcd/peer.crt"), []byte("not a certificate"), 0o644)
-	os.Remove(filepath.Join(root, pki.FrontProxyCA.KeyFile))
+	must(t, os.WriteFile(filepath.Join(root, "etc/kubernetes/pki/apiserver.crt"), c, 0o644))
+	must(t, os.WriteFile(filepath.Join(root, "etc/kubernetes/pki/apiserver.key"), k, 0o600))
+	must(t, os.Remove(filepath.Join(root, "etc/kubernetes/super-admin.conf")))
+	must(t, os.WriteFile(filepath.Join(root, "etc/kubernetes/pki/etcd/peer.crt"), []byte("not a certificate"), 0o644))
+	must(t, os.Remove(filepath.Join(root, pki.FrontProxyCA.KeyFile)))
 
 	in := newTestAgent(t, root).Handle(context.Background(), request(api.Inspect)).Inspect
 	got := map[string]api.CertInfo{}

@@ -39,9 +39,9 @@ func TestFindProcessesByArgv0(t *testing.T) {
 	proc := t.TempDir()
 	fake := func(pid int, argv0 string) {
 		dir := filepath.Join(proc, strconv.Itoa(pid))
-		os.MkdirAll(dir, 0o755)
-		os.WriteFile(filepath.Join(dir, "cmdline"), []byte(argv0+"\x00--flag=x\x00"), 0o644)
-		os.WriteFile(filepath.Join(dir, "stat"), []byte(strconv.Itoa(pid)+" (with space) S 1 1 1 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 4242 0 0"), 0o644)
+		must(t, os.MkdirAll(dir, 0o755))
+		must(t, os.WriteFile(filepath.Join(dir, "cmdline"), []byte(argv0+"\x00--flag=x\x00"), 0o644))
+		must(t, os.WriteFile(filepath.Join(dir, "stat"), []byte(strconv.Itoa(pid)+" (with space) S 1 1 1 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 4242 0 0"), 0o644))
 	}
 	fake(10, "/usr/bin/kubelet")
 	fake(11, "kube-controller-manager")

@@ -10,6 +10,13 @@ import (
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/pki"
 )
 
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 func mustRead(t *testing.T, root string, c pki.Cert) *x509.Certificate {
 	t.Helper()
 	cert, err := pki.ReadCertificate(root, c)

@@ -118,7 +118,7 @@ func TestBadInput(t *testing.T) {
 
 	t.Run("corrupt certificate", func(t *testing.T) {
 		dir := copyTree(t, root)
-		os.WriteFile(filepath.Join(dir, apiserver.CertFile), []byte("-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n"), 0o644)
+		must(t, os.WriteFile(filepath.Join(dir, apiserver.CertFile), []byte("-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n"), 0o644))
 		a, _ := pki.LoadAuthority(dir, apiserver.CA)
 		if _, err := pki.PlanRenewal(dir, apiserver, a, time.Hour, time.Now()); err == nil {
 			t.Error("renewed a corrupt certificate")
@@ -127,7 +127,7 @@ func TestBadInput(t *testing.T) {
 	t.Run("key does not match", func(t *testing.T) {
 		dir := copyTree(t, root)
 		other, _ := os.ReadFile(filepath.Join(dir, "etc/kubernetes/pki/front-proxy-client.key"))
-		os.WriteFile(filepath.Join(dir, apiserver.KeyFile), other, 0o600)
+		must(t, os.WriteFile(filepath.Join(dir, apiserver.KeyFile), other, 0o600))
 		a, _ := pki.LoadAuthority(dir, apiserver.CA)
 		if _, err := pki.PlanRenewal(dir, apiserver, a, time.Hour, time.Now()); err == nil {
 			t.Error("renewed a certificate whose key does not match")
@@ -135,7 +135,7 @@ func TestBadInput(t *testing.T) {
 	})
 	t.Run("missing CA key is external", func(t *testing.T) {
 		dir := copyTree(t, root)
-		os.Remove(filepath.Join(dir, pki.ClusterCA.KeyFile))
+		must(t, os.Remove(filepath.Join(dir, pki.ClusterCA.KeyFile)))
 		if _, err := pki.LoadAuthority(dir, pki.ClusterCA); !errors.Is(err, pki.ErrExternalCA) {
 			t.Errorf("got %v, want ErrExternalCA", err)
 		}

@@ -55,7 +55,7 @@ func NewCmdStatus(streams genericiooptions.IOStreams) *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error { return run(o) },
 	}
-	o.commonFlags.addFlags(cmd)
+	o.addFlags(cmd)
 	cmd.Flags().StringVarP(&o.output, "output", "o", "", "Output format: json or yaml (default: tables)")
 	cmd.Flags().StringVar(&o.warnWithin, "warn-within", "", "Exit non-zero if any certificate expires within this duration (e.g. 30d, 72h)")
 	o.configFlags.AddFlags(cmd.Flags())
