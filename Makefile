@@ -16,6 +16,7 @@ test: vet lint test-unit test-krew e2e
 
 vet:
 	go vet ./...
+	go vet -tags e2e ./test/...
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed: $$bad"; exit 1; fi
 
 test-unit:
