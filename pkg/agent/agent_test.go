@@ -397,3 +397,44 @@ func TestInspectWorker(t *testing.T) {
 		}
 	}
 }
+
+// With serverTLSBootstrap the serving certificate also comes through a CSR
+// (signer kubelet-serving) that keeps the node's names.
+func TestKubeletServingThroughCSR(t *testing.T) {
+	root := t.TempDir()
+	n := pkitest.ControlPlane(t, root, "cp-1", pkitest.ECDSA)
+	ca, err := pki.LoadAuthority(root, pki.ClusterCA)
+	must(t, err)
+	n.ServingByCSR(t, ca)
+	selfSigned, _ := os.ReadFile(filepath.Join(root, pki.KubeletSelfSignedCert))
+	oldServing, err := pki.ReadCertificate(root, pki.KubeletServingCSR)
+	must(t, err)
+
+	a := newTestAgent(t, root)
+	res := a.Handle(context.Background(), request(api.KubeletCSR))
+	if res.Error != "" || len(res.CSRs) != 2 || res.CSRs[1].SignerName != "kubernetes.io/kubelet-serving" {
+		t.Fatalf("csrs %q %+v", res.Error, res.CSRs)
+	}
+	block, _ := pemDecode([]byte(res.CSRs[1].Request))
+	req, err := x509.ParseCertificateRequest(block)
+	must(t, err)
+	if len(req.DNSNames) != 1 || req.DNSNames[0] != "cp-1" || len(req.IPAddresses) != 1 {
+		t.Errorf("serving request names %v %v, want the current certificate's", req.DNSNames, req.IPAddresses)
+	}
+	inst := request(api.KubeletInstall)
+	inst.Issued = map[string]string{}
+	for _, c := range res.CSRs {
+		inst.Issued[c.Name] = signAsCluster(t, root, c.Request)
+	}
+	if r := a.Handle(context.Background(), inst); r.Error != "" {
+		t.Fatal(r.Error)
+	}
+	newServing, err := pki.ReadCertificate(root, pki.KubeletServingCSR)
+	must(t, err)
+	if newServing.SerialNumber.Cmp(oldServing.SerialNumber) == 0 {
+		t.Error("kubelet-server-current.pem not switched")
+	}
+	if now, _ := os.ReadFile(filepath.Join(root, pki.KubeletSelfSignedCert)); !bytes.Equal(now, selfSigned) {
+		t.Error("the unused self-signed kubelet.crt was changed")
+	}
+}

@@ -252,3 +252,15 @@ spec:
     ports: [{containerPort: %[2]d, name: probe-port, protocol: TCP}]
     livenessProbe: {httpGet: {host: 127.0.0.1, path: /healthz, port: probe-port, scheme: HTTPS}}
 `
+
+// ServingByCSR gives the node a cluster-signed kubelet serving certificate
+// in a rotating file, as the kubelet keeps it with serverTLSBootstrap.
+func (n *Node) ServingByCSR(t testing.TB, ca *pki.Authority) {
+	t.Helper()
+	c, k := n.Leaf(t, ca, pki.KubeletClientSubject(n.Name), []string{n.Name}, []net.IP{net.ParseIP("172.18.0.2")}, server)
+	file := pki.KubeletRotatedName("kubelet-server", n.Start)
+	n.write(t, file, pki.KubeletBundle(c, k), 0o600)
+	if err := os.Symlink("/"+file, filepath.Join(n.Root, pki.KubeletServerCurrent)); err != nil {
+		t.Fatal(err)
+	}
+}
