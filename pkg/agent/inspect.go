@@ -69,10 +69,9 @@ func (a *Agent) inspect(req api.Request) (*api.InspectResult, error) {
 		res.Certs = append(res.Certs, a.certInfo(req.Node, c, now))
 	}
 	for _, ca := range pki.CAs {
-		if ca == pki.EtcdCA && (l.externalEtcd || !l.controlPlane) {
-			continue
-		}
-		if ca != pki.ClusterCA && !l.controlPlane {
+		// Workers hold only the cluster CA's certificate; an external etcd
+		// keeps its CA to itself.
+		if (!l.controlPlane && ca != pki.ClusterCA) || (ca == pki.EtcdCA && l.externalEtcd) {
 			continue
 		}
 		res.CAs = append(res.CAs, a.caInfo(req.Node, ca, l, now))
