@@ -110,7 +110,7 @@ func (r *Runner) Rotate(ctx context.Context, o RotateOptions) (rep *Report, err 
 		r.logf("Starting %d agent pod(s) (image %s)", len(targets), r.Image)
 	}
 	agents, errs := r.startAgents(ctx, targets, runID, false, max(o.Parallelism, 4))
-	if err := joinErrs(errs); err != nil {
+	if err := errors.Join(errs...); err != nil {
 		return rep, fmt.Errorf("%w\nno file on any node was changed", err)
 	}
 
@@ -127,7 +127,7 @@ func (r *Runner) Rotate(ctx context.Context, o RotateOptions) (rep *Report, err 
 		}
 		return nil
 	})
-	if err := joinErrs(errs); err != nil {
+	if err := errors.Join(errs...); err != nil {
 		return rep, fmt.Errorf("%w\nno file on any node was changed", err)
 	}
 	for i, in := range inspects {
@@ -169,7 +169,7 @@ func (r *Runner) Rotate(ctx context.Context, o RotateOptions) (rep *Report, err 
 		rep.Rows = append(rep.Rows, wr.Rows...)
 		rep.Notes = append(rep.Notes, wr.Notes...)
 	}
-	if err := joinErrs(errs); err != nil {
+	if err := errors.Join(errs...); err != nil {
 		return rep, err
 	}
 	if o.has(pki.ServiceKubeProxy) {

@@ -89,7 +89,6 @@ func fakeCluster(t *testing.T, cps, workers []string, denied ...string) *fake.Cl
 
 // fakeAgents plays every node's agent and records what happened.
 type fakeAgents struct {
-	t      *testing.T
 	client *fake.Clientset
 	mu     sync.Mutex
 	calls  []string // "node action"
@@ -102,7 +101,7 @@ type fakeAgents struct {
 }
 
 func newFakeAgents(t *testing.T, c *fake.Clientset) *fakeAgents {
-	return &fakeAgents{t: t, client: c, pid: map[string]int{}, problems: map[string]string{}, failAction: map[string]api.Action{}, issued: map[string]string{}}
+	return &fakeAgents{client: c, pid: map[string]int{}, problems: map[string]string{}, failAction: map[string]api.Action{}, issued: map[string]string{}}
 }
 
 func (f *fakeAgents) Exec(ctx context.Context, ns, pod, container string, cmd []string, stdin []byte) ([]byte, error) {

@@ -150,7 +150,5 @@ func forEach(ctx context.Context, n, parallelism int, fn func(i int) error) []er
 	return errs
 }
 
-func joinErrs(errs []error) error { return errors.Join(errs...) }
-
 // newRunID names one invocation; its pods and CSRs carry it as a label.
 func newRunID() string { return "rc-" + newID() }

@@ -137,22 +137,6 @@ var Inventory = []Cert{
 // serverTLSBootstrap: a cluster-CA-signed certificate in a rotating file.
 var KubeletServingCSR = Cert{Name: "kubelet-serving", Service: ServiceKubelet, CA: ClusterCA, Method: SignedByCSR, CertFile: KubeletServerCurrent, KeyFile: KubeletServerCurrent}
 
-// ForServices returns the inventory entries of the given services, in
-// inventory order.
-func ForServices(services []Service) []Cert {
-	want := map[Service]bool{}
-	for _, s := range services {
-		want[s] = true
-	}
-	var out []Cert
-	for _, c := range Inventory {
-		if want[c.Service] {
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
 // SortServices orders services as Services does, with admin last.
 func SortServices(s []Service) {
 	rank := func(x Service) int {
