@@ -8,10 +8,13 @@ import (
 	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -23,12 +26,22 @@ import (
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/version"
 )
 
+// newTestAgent is an agent on a node without processes or servers: any
+// restart fails, and any connection attempt fails the test.
 func newTestAgent(t *testing.T, root string) *Agent {
 	a := New(root)
-	a.ProcDir = t.TempDir() // no processes: any restart fails
+	a.ProcDir = t.TempDir()
 	a.Timeout = time.Second
+	a.Signal = func(int, syscall.Signal) error { return errors.New("no processes in this test") }
+	a.RestartUnit = func(context.Context, string) error { return errors.New("no systemd in this test") }
+	a.Dial = func(_ context.Context, _, addr string) (net.Conn, error) {
+		t.Errorf("the agent dialed %s in a test without servers", addr)
+		return nil, errors.New("no network in this test")
+	}
 	return a
 }
+
+const testRun = "rc-00000000000000a1"
 
 func must(t *testing.T, err error) {
 	t.Helper()
@@ -38,7 +51,7 @@ func must(t *testing.T, err error) {
 }
 
 func request(action api.Action, services ...string) api.Request {
-	return api.Request{Version: version.Version, Action: action, Node: "cp-1", Services: services, Validity: 8760 * time.Hour, Restart: api.RestartNeeded}
+	return api.Request{Version: version.Version, Action: action, Node: "cp-1", Run: testRun, Services: services, Validity: 8760 * time.Hour, Restart: api.RestartNeeded}
 }
 
 // tree returns path -> sha256 of every file and link target below root,
@@ -146,8 +159,8 @@ func TestProblemsBlockRenewAndChangeNothing(t *testing.T) {
 		t.Errorf("notes %v, want the external etcd CA", in.Notes)
 	}
 	res := a.Handle(context.Background(), request(api.Renew, "etcd", "kube-apiserver"))
-	if !strings.Contains(res.Error, "nothing was changed") {
-		t.Errorf("renew: %q", res.Error)
+	if res.Outcome != api.Unchanged || !strings.Contains(res.Error, "nothing was changed") {
+		t.Errorf("renew: %s %q", res.Outcome, res.Error)
 	}
 	if d := diff(before, tree(t, root)); len(d) > 0 {
 		t.Errorf("changed %v", d)
@@ -159,8 +172,8 @@ func TestRenewRollsBackWhenARestartFails(t *testing.T) {
 	pkitest.ControlPlane(t, root, "cp-1", pkitest.ECDSA)
 	before := tree(t, root)
 	res := newTestAgent(t, root).Handle(context.Background(), request(api.Renew, "kube-scheduler", "admin"))
-	if !strings.Contains(res.Error, "kube-scheduler process") || !strings.Contains(res.Error, "restored") {
-		t.Fatalf("want a restart failure and a restore, got %q", res.Error)
+	if res.Outcome != api.Restored || !strings.Contains(res.Error, "kube-scheduler process") {
+		t.Fatalf("want a restart failure and a restore, got %s: %q", res.Outcome, res.Error)
 	}
 	if d := diff(before, tree(t, root)); len(d) > 0 {
 		t.Errorf("not restored: %v", d)
@@ -189,7 +202,7 @@ func TestRenewAdminWritesAndBacksUp(t *testing.T) {
 		t.Errorf("backup mode %v, want 0600", st.Mode().Perm())
 	}
 	// The backup undoes the change exactly.
-	if r := newTestAgent(t, root).Handle(context.Background(), api.Request{Version: version.Version, Action: api.Rollback, Backup: res.Renew.Backup}); r.Error != "" {
+	if r := newTestAgent(t, root).Handle(context.Background(), api.Request{Version: version.Version, Action: api.Rollback, Run: "rc-00000000000000b2", Backup: res.Renew.Backup}); r.Error != "" {
 		t.Fatal(r.Error)
 	}
 	if d := diff(before, tree(t, root)); len(d) > 0 {
@@ -219,11 +232,11 @@ func signAsCluster(t *testing.T, root string, csrPEM string) string {
 }
 
 func TestKubeletCSRAndInstall(t *testing.T) {
-	root := t.TempDir()
-	pkitest.ControlPlane(t, root, "cp-1", pkitest.ECDSA)
-	a := newTestAgent(t, root)
+	f := newFakeNode(t, "cp-1", pkitest.ECDSA, nil)
+	root, a := f.root, f.agent()
 	client := pki.Inventory[len(pki.Inventory)-2]
 	oldClient, _ := pki.ReadCertificate(root, client)
+	oldPID := f.proc.pid("kubelet")
 	before := tree(t, root)
 
 	res := a.Handle(context.Background(), request(api.KubeletCSR))
@@ -231,14 +244,14 @@ func TestKubeletCSRAndInstall(t *testing.T) {
 		t.Fatalf("csr: %q %v", res.Error, res.CSRs)
 	}
 	c := res.CSRs[0]
-	if c.SignerName != "kubernetes.io/kube-apiserver-client-kubelet" || strings.Contains(c.Request, "PRIVATE KEY") {
+	if c.Name != "kubelet-client" || strings.Contains(c.Request, "PRIVATE KEY") {
 		t.Fatalf("unexpected request %+v", c)
 	}
 	issued := signAsCluster(t, root, c.Request)
 	req := request(api.KubeletInstall)
 	req.Issued = map[string]string{"kubelet-client": issued}
 	inst := a.Handle(context.Background(), req)
-	if inst.Error != "" {
+	if inst.Outcome != api.Done {
 		t.Fatal(inst.Error)
 	}
 	newClient, err := pki.ReadCertificate(root, client)
@@ -250,40 +263,82 @@ func TestKubeletCSRAndInstall(t *testing.T) {
 	if err != nil || !pki.SamePublicKey(key.Public(), newClient.PublicKey) {
 		t.Errorf("bundle's key does not match its certificate: %v", err)
 	}
-	if pki.Exists(root, pendingKeyPath("kubelet-client")) {
+	if pki.Exists(root, pendingKeyPath(testRun, "kubelet-client")) {
 		t.Error("pending key left behind")
 	}
+	// The kubelet was restarted, serves the new serving certificate, and
+	// the API server accepted the new client certificate.
 	serving, _ := pki.ReadCertificate(root, pki.Cert{CertFile: pki.KubeletSelfSignedCert})
 	if len(inst.Renew.Changes) != 2 || serving.DNSNames[0] != "cp-1" {
 		t.Errorf("changes %+v, want client and serving", inst.Renew.Changes)
 	}
+	if inst.Kubelet == nil || inst.Kubelet.PID == oldPID || f.proc.pid("kubelet") != inst.Kubelet.PID {
+		t.Errorf("kubelet process %+v, want a new one (was %d)", inst.Kubelet, oldPID)
+	}
+	verified := strings.Join(inst.Renew.Verified, "\n")
+	if !strings.Contains(verified, "serial "+serving.SerialNumber.String()) || !strings.Contains(verified, "accepts the new kubelet client certificate") {
+		t.Errorf("verified %q", verified)
+	}
 	// An installed certificate for a foreign key is refused.
 	res = a.Handle(context.Background(), request(api.KubeletCSR))
 	req.Issued = map[string]string{"kubelet-client": issued} // for the previous key
-	if r := a.Handle(context.Background(), req); !strings.Contains(r.Error, "not for the key generated on this node") {
-		t.Errorf("foreign certificate: %q", r.Error)
+	if r := a.Handle(context.Background(), req); r.Outcome != api.Unchanged || !strings.Contains(r.Error, "not for the key generated on this node") {
+		t.Errorf("foreign certificate: %s %q", r.Outcome, r.Error)
 	}
-	// Rolling back restores the previous link and files.
-	if r := a.Handle(context.Background(), api.Request{Version: version.Version, Action: api.Rollback, Backup: inst.Renew.Backup}); r.Error != "" {
+	// Rolling back restores the previous link and files, and restarts the
+	// kubelet on them.
+	pid := f.proc.pid("kubelet")
+	rb := api.Request{Version: version.Version, Action: api.Rollback, Run: "rc-00000000000000b2", Backup: inst.Renew.Backup}
+	if r := a.Handle(context.Background(), rb); r.Outcome != api.Done {
 		t.Fatal(r.Error)
 	}
+	if f.proc.pid("kubelet") == pid {
+		t.Error("rollback did not restart the kubelet")
+	}
 	after := tree(t, root)
-	delete(after, pendingKeyPath("kubelet-client"))
+	delete(after, pendingKeyPath(testRun, "kubelet-client"))
 	if d := diff(before, after); len(d) > 0 {
 		t.Errorf("rollback left %v changed", d)
 	}
 }
 
+// The kubelet's transaction ends restored when the API server does not
+// accept the new client certificate: every file as before, and the kubelet
+// restarted again on them.
+func TestKubeletInstallRestoresWhenTheAPIRefuses(t *testing.T) {
+	f := newFakeNode(t, "cp-1", pkitest.RSA, nil)
+	a := f.agent()
+	before := tree(t, f.root)
+	res := a.Handle(context.Background(), request(api.KubeletCSR))
+	req := request(api.KubeletInstall)
+	req.Issued = map[string]string{"kubelet-client": signAsCluster(t, f.root, res.CSRs[0].Request)}
+	f.mu.Lock()
+	f.apiRejects = true
+	f.mu.Unlock()
+	inst := a.Handle(context.Background(), req)
+	if inst.Outcome != api.Restored || !strings.Contains(inst.Error, "does not accept the new kubelet client certificate") {
+		t.Fatalf("got %s: %s", inst.Outcome, inst.Error)
+	}
+	after := tree(t, f.root)
+	delete(after, pendingKeyPath(testRun, "kubelet-client"))
+	if d := diff(before, after); len(d) > 0 {
+		t.Errorf("not restored: %v", d)
+	}
+	if n := f.restartsOf("kubelet"); n != 2 {
+		t.Errorf("kubelet restarted %d times, want 2 (new files, then restored ones)", n)
+	}
+}
+
 func TestKubeletConfWithEmbeddedCertIsRepointed(t *testing.T) {
-	root := t.TempDir()
-	pkitest.ControlPlane(t, root, "cp-1", pkitest.ECDSA)
+	f := newFakeNode(t, "cp-1", pkitest.ECDSA, nil)
+	root := f.root
 	cfg, _ := clientcmd.LoadFromFile(filepath.Join(root, pki.KubeletKubeconfig))
 	for _, u := range cfg.AuthInfos {
 		u.ClientCertificate, u.ClientKey = "", ""
 		u.ClientCertificateData, u.ClientKeyData = []byte("cert"), []byte("key")
 	}
 	must(t, clientcmd.WriteToFile(*cfg, filepath.Join(root, pki.KubeletKubeconfig)))
-	a := newTestAgent(t, root)
+	a := f.agent()
 	res := a.Handle(context.Background(), request(api.KubeletCSR))
 	req := request(api.KubeletInstall)
 	req.Issued = map[string]string{"kubelet-client": signAsCluster(t, root, res.CSRs[0].Request)}
@@ -328,8 +383,9 @@ func TestExecFilesResultForFetch(t *testing.T) {
 	if out.String() != fetched.String() || !strings.Contains(out.String(), `"controlPlane":true`) {
 		t.Errorf("filed result differs from the answer:\n%s\n%s", out.String(), fetched.String())
 	}
-	if err := FetchResult(context.Background(), "never-sent", results, 200*time.Millisecond, &fetched); err == nil || !strings.Contains(err.Error(), "never reached") {
-		t.Errorf("unknown request: %v", err)
+	fetched.Reset()
+	if err := FetchResult(context.Background(), "never-sent", results, 200*time.Millisecond, &fetched); err != nil || !strings.Contains(fetched.String(), `"outcome":"not-received"`) {
+		t.Errorf("unknown request: %v %s", err, fetched.String())
 	}
 }
 
@@ -401,38 +457,43 @@ func TestInspectWorker(t *testing.T) {
 // With serverTLSBootstrap the serving certificate also comes through a CSR
 // (signer kubelet-serving) that keeps the node's names.
 func TestKubeletServingThroughCSR(t *testing.T) {
-	root := t.TempDir()
-	n := pkitest.ControlPlane(t, root, "cp-1", pkitest.ECDSA)
+	f := newFakeNode(t, "cp-1", pkitest.ECDSA, nil)
+	root := f.root
 	ca, err := pki.LoadAuthority(root, pki.ClusterCA)
 	must(t, err)
-	n.ServingByCSR(t, ca)
+	f.node.ServingByCSR(t, ca)
+	f.reloadKubelet()
 	selfSigned, _ := os.ReadFile(filepath.Join(root, pki.KubeletSelfSignedCert))
 	oldServing, err := pki.ReadCertificate(root, pki.KubeletServingCSR)
 	must(t, err)
 
-	a := newTestAgent(t, root)
+	a := f.agent()
 	res := a.Handle(context.Background(), request(api.KubeletCSR))
-	if res.Error != "" || len(res.CSRs) != 2 || res.CSRs[1].SignerName != "kubernetes.io/kubelet-serving" {
+	if res.Error != "" || len(res.CSRs) != 2 || res.CSRs[1].Name != "kubelet-serving" {
 		t.Fatalf("csrs %q %+v", res.Error, res.CSRs)
 	}
 	block, _ := pemDecode([]byte(res.CSRs[1].Request))
 	req, err := x509.ParseCertificateRequest(block)
 	must(t, err)
-	if len(req.DNSNames) != 1 || req.DNSNames[0] != "cp-1" || len(req.IPAddresses) != 1 {
-		t.Errorf("serving request names %v %v, want the current certificate's", req.DNSNames, req.IPAddresses)
+	if len(req.DNSNames) != 1 || req.DNSNames[0] != "cp-1" || len(req.IPAddresses) != 1 || req.Subject.CommonName != "system:node:cp-1" {
+		t.Errorf("serving request %v %v %v, want the current certificate's names and the node's identity", req.Subject, req.DNSNames, req.IPAddresses)
 	}
 	inst := request(api.KubeletInstall)
 	inst.Issued = map[string]string{}
 	for _, c := range res.CSRs {
 		inst.Issued[c.Name] = signAsCluster(t, root, c.Request)
 	}
-	if r := a.Handle(context.Background(), inst); r.Error != "" {
+	r := a.Handle(context.Background(), inst)
+	if r.Error != "" {
 		t.Fatal(r.Error)
 	}
 	newServing, err := pki.ReadCertificate(root, pki.KubeletServingCSR)
 	must(t, err)
 	if newServing.SerialNumber.Cmp(oldServing.SerialNumber) == 0 {
 		t.Error("kubelet-server-current.pem not switched")
+	}
+	if !strings.Contains(strings.Join(r.Renew.Verified, " "), "kubelet serves kubelet-serving serial "+newServing.SerialNumber.String()) {
+		t.Errorf("the restarted kubelet's serving certificate was not verified: %v", r.Renew.Verified)
 	}
 	if now, _ := os.ReadFile(filepath.Join(root, pki.KubeletSelfSignedCert)); !bytes.Equal(now, selfSigned) {
 		t.Error("the unused self-signed kubelet.crt was changed")

@@ -89,20 +89,20 @@ func (sp *staticPod) healthURL() (string, error) {
 	return fmt.Sprintf("%s://%s%s", scheme, net.JoinHostPort(host, port), sp.probe.Path), nil
 }
 
-// httpClient checks health endpoints. Their serving certificates are
-// self-signed (kube-controller-manager, kube-scheduler) or are what we are
-// rotating, so they are not verified here; the serial checks below are.
-var httpClient = &http.Client{
-	Timeout:   5 * time.Second,
-	Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}, //nolint:gosec // health only
-}
-
-func healthy(ctx context.Context, u string) error {
+// healthy asks a component's health endpoint. Their serving certificates
+// are self-signed (kube-controller-manager, kube-scheduler) or are what is
+// being rotated, so they are not verified here; the serial checks are.
+func (a *Agent) healthy(ctx context.Context, u string) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return err
 	}
-	resp, err := httpClient.Do(req)
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext:     a.dial,
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // health only
+	}}
+	defer client.CloseIdleConnections()
+	resp, err := client.Do(req)
 	if err != nil {
 		return err
 	}
@@ -113,10 +113,14 @@ func healthy(ctx context.Context, u string) error {
 	return nil
 }
 
+// dialFunc opens a connection; the agent's is replaceable so tests reach
+// only their own servers.
+type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
 // servedCertificate makes a TLS handshake without SNI (as kube-apiserver and
 // etcd peers connect) and returns the leaf the server presented. A client
 // certificate is offered where the server requires one (etcd).
-func servedCertificate(ctx context.Context, addr string, client *tls.Certificate) (*x509.Certificate, error) {
+func servedCertificate(ctx context.Context, dial dialFunc, addr string, client *tls.Certificate) (*x509.Certificate, error) {
 	var served *x509.Certificate
 	cfg := &tls.Config{
 		InsecureSkipVerify: true, //nolint:gosec // we compare the serial ourselves
@@ -130,9 +134,12 @@ func servedCertificate(ctx context.Context, addr string, client *tls.Certificate
 	if client != nil {
 		cfg.Certificates = []tls.Certificate{*client}
 	}
-	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: cfg}
-	conn, err := d.DialContext(ctx, "tcp", addr)
-	if conn != nil {
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	raw, err := dial(dctx, "tcp", addr)
+	if err == nil {
+		conn := tls.Client(raw, cfg)
+		err = conn.HandshakeContext(dctx)
 		conn.Close()
 	}
 	if served != nil {
@@ -142,12 +149,12 @@ func servedCertificate(ctx context.Context, addr string, client *tls.Certificate
 }
 
 // waitServes waits until addr serves the certificate with the given serial.
-func waitServes(ctx context.Context, addr, serial string, client *tls.Certificate, timeout time.Duration) error {
+func waitServes(ctx context.Context, dial dialFunc, addr, serial string, client *tls.Certificate, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var last string
 	for {
-		c, err := servedCertificate(ctx, addr, client)
+		c, err := servedCertificate(ctx, dial, addr, client)
 		if err == nil && c.SerialNumber.String() == serial {
 			return nil
 		}
@@ -248,12 +255,13 @@ func onlyProcess(procDir, name string) (process, error) {
 // a new container at once (restartPolicy Always). It waits for a new process
 // and for the component's health endpoint. Stopping the process instead of
 // editing the manifest keeps the outage to seconds (see docs: reload.md).
-func restartStatic(ctx context.Context, procDir string, sp *staticPod, sig syscall.Signal, timeout time.Duration) (oldPID, newPID int, err error) {
+func (a *Agent) restartStatic(ctx context.Context, sp *staticPod, sig syscall.Signal) (oldPID, newPID int, err error) {
+	procDir, timeout := a.ProcDir, a.Timeout
 	old, err := onlyProcess(procDir, sp.name)
 	if err != nil {
 		return 0, 0, err
 	}
-	if err := kill(old.pid, sig); err != nil {
+	if err := a.Signal(old.pid, sig); err != nil {
 		return old.pid, 0, fmt.Errorf("signalling %s (pid %d): %w", sp.name, old.pid, err)
 	}
 	u, err := sp.healthURL()
@@ -266,7 +274,7 @@ func restartStatic(ctx context.Context, procDir string, sp *staticPod, sig sysca
 	for {
 		ps, err := findProcesses(procDir, sp.name)
 		if err == nil && len(ps) == 1 && ps[0].pid != old.pid {
-			if last = healthy(ctx, u); last == nil {
+			if last = a.healthy(ctx, u); last == nil {
 				return old.pid, ps[0].pid, nil
 			}
 		} else if err != nil {

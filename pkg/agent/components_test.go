@@ -14,7 +14,7 @@ func TestStaticPodsFromKubeadmManifests(t *testing.T) {
 	root := t.TempDir()
 	pkitest.ControlPlane(t, root, "cp-1", pkitest.ECDSA)
 	want := map[string]string{
-		"kube-apiserver":          "https://172.18.0.2:6443/readyz",
+		"kube-apiserver":          "https://192.0.2.10:6443/readyz",
 		"etcd":                    "http://127.0.0.1:2381/livez",
 		"kube-controller-manager": "https://127.0.0.1:10257/healthz",
 		"kube-scheduler":          "https://127.0.0.1:10259/healthz",

@@ -64,7 +64,7 @@ func (a *Agent) inspect(req api.Request) (*api.InspectResult, error) {
 		return nil, err
 	}
 	now := a.Now()
-	res := &api.InspectResult{ControlPlane: l.controlPlane}
+	res := &api.InspectResult{ControlPlane: l.controlPlane, ServingByCSR: l.servingByCSR}
 	for _, c := range l.certsOnNode() {
 		res.Certs = append(res.Certs, a.certInfo(req.Node, c, now))
 	}
@@ -82,6 +82,11 @@ func (a *Agent) inspect(req api.Request) (*api.InspectResult, error) {
 			return nil, err
 		}
 		res.Plan, res.Problems, res.Notes = p.changes, p.problems, p.notes
+		if holder := lockedBy(a.Root); holder != "" && req.ReadOnly {
+			res.Notes = append(res.Notes, "another rotation is in progress on this node: "+holder)
+		} else if holder != "" {
+			res.Problems = append(res.Problems, "another rotation is in progress on this node: "+holder)
+		}
 	}
 	return res, nil
 }
@@ -197,7 +202,7 @@ func (a *Agent) plan(req api.Request, l layout) (*nodePlan, error) {
 		dirs[parentDir(c.Path())] = true
 		if c.Method != pki.SignedOnDisk {
 			p.kubelet = append(p.kubelet, c)
-			p.changes = append(p.changes, api.PlannedChange{Name: c.Name, Path: "/" + c.Path(), Serial: cert.SerialNumber.String(), NotAfter: cert.NotAfter.UTC()})
+			p.changes = append(p.changes, plannedChange(c, cert))
 			continue
 		}
 		auth, ok := authorities[c.CA.Name]
@@ -207,6 +212,12 @@ func (a *Agent) plan(req api.Request, l layout) (*nodePlan, error) {
 				p.notes = append(p.notes, fmt.Sprintf("CA %s is externally managed (/%s without its key): its certificates are not renewed here", c.CA.Name, c.CA.KeyFile))
 			} else if err != nil {
 				p.problems = append(p.problems, fmt.Sprintf("%v (a missing or corrupt CA must be restored before rotating; this tool never changes CAs)", err))
+			}
+			if auth != nil {
+				if err := usableCA(auth, now); err != nil {
+					p.problems = append(p.problems, err.Error())
+					auth = nil
+				}
 			}
 			authorities[c.CA.Name] = auth
 		}
@@ -222,7 +233,12 @@ func (a *Agent) plan(req api.Request, l layout) (*nodePlan, error) {
 			p.notes = append(p.notes, fmt.Sprintf("%s: validity capped at CA %s expiry %s", c.Name, c.CA.Name, auth.Cert.NotAfter.UTC().Format(time.RFC3339)))
 		}
 		p.renewals = append(p.renewals, r)
-		p.changes = append(p.changes, api.PlannedChange{Name: c.Name, Path: "/" + c.Path(), Serial: r.Old.SerialNumber.String(), NotAfter: r.Old.NotAfter.UTC()})
+		p.changes = append(p.changes, plannedChange(c, r.Old))
+	}
+	if req.ReadOnly {
+		// An unprivileged pod with read-only mounts: what needs writing or
+		// systemd is checked by the run itself, before it changes anything.
+		return p, nil
 	}
 	if len(p.changes) > 0 {
 		dirs["etc/kubernetes"] = true // the backup goes there
@@ -236,6 +252,25 @@ func (a *Agent) plan(req api.Request, l layout) (*nodePlan, error) {
 		p.problems = append(p.problems, "systemd's socket /run/systemd/private is not available: the kubelet cannot be restarted through systemd on this node")
 	}
 	return p, nil
+}
+
+func plannedChange(c pki.Cert, cert *x509.Certificate) api.PlannedChange {
+	return api.PlannedChange{Name: c.Name, Service: string(c.Service), Path: "/" + c.Path(), Serial: cert.SerialNumber.String(),
+		NotBefore: cert.NotBefore.UTC(), NotAfter: cert.NotAfter.UTC()}
+}
+
+// usableCA refuses a CA that is not valid now: whatever it signed would be
+// refused too, and issuing a certificate past its CA's expiry would give a
+// NotAfter before the NotBefore.
+func usableCA(a *pki.Authority, now time.Time) error {
+	const advice = "this tool keeps CAs; replacing one changes every certificate on every node and every kubeconfig (kubeadm documents it as manual rotation of CA certificates)"
+	switch {
+	case now.After(a.Cert.NotAfter):
+		return fmt.Errorf("CA %s (/%s) expired on %s: nothing it signs would be trusted, so nothing signed by it is renewed; %s", a.CA.Name, a.CA.CertFile, a.Cert.NotAfter.UTC().Format(time.RFC3339), advice)
+	case now.Before(a.Cert.NotBefore):
+		return fmt.Errorf("CA %s (/%s) is not valid before %s (is this node's clock right?): nothing signed by it is renewed", a.CA.Name, a.CA.CertFile, a.Cert.NotBefore.UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 func parentDir(p string) string {

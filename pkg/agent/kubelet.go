@@ -1,21 +1,17 @@
 package agent
 
 import (
-	"bufio"
 	"context"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
-	"github.com/godbus/dbus/v5"
-	certificatesv1 "k8s.io/api/certificates/v1"
 	"k8s.io/client-go/tools/clientcmd"
-	"sigs.k8s.io/yaml"
 
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/api"
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/pki"
@@ -23,20 +19,22 @@ import (
 
 // kubeletCert describes one of the kubelet's CSR-signed certificates.
 type kubeletCert struct {
-	name    string // inventory name
+	name    string // inventory name, and the name the plugin signs it by
 	prefix  string // file prefix of the kubelet's certificate store
 	current string // the symlink the kubelet reads
-	signer  string
-	usage   certificatesv1.KeyUsage
 }
 
 var (
-	kubeletClient  = kubeletCert{"kubelet-client", "kubelet-client", pki.KubeletClientCurrent, certificatesv1.KubeAPIServerClientKubeletSignerName, certificatesv1.UsageClientAuth}
-	kubeletServing = kubeletCert{"kubelet-serving", "kubelet-server", pki.KubeletServerCurrent, certificatesv1.KubeletServingSignerName, certificatesv1.UsageServerAuth}
+	kubeletClient  = kubeletCert{"kubelet-client", "kubelet-client", pki.KubeletClientCurrent}
+	kubeletServing = kubeletCert{"kubelet-serving", "kubelet-server", pki.KubeletServerCurrent}
 )
 
-func pendingKeyPath(name string) string {
-	return pki.KubeletPKIDir + "/.rotate-certs-pending-" + name + ".key"
+const pendingPrefix = ".rotate-certs-pending-"
+
+// pendingKeyPath is where the key made for a run's request waits for its
+// certificate (0600, in the kubelet's own key directory).
+func pendingKeyPath(run, name string) string {
+	return pki.KubeletPKIDir + "/" + pendingPrefix + run + "-" + name + ".key"
 }
 
 func (a *Agent) kubeletCerts(l layout) []kubeletCert {
@@ -49,9 +47,18 @@ func (a *Agent) kubeletCerts(l layout) []kubeletCert {
 // kubeletCSR generates the new key(s) on the node, keeps them in
 // /var/lib/kubelet/pki (0600) until the certificates arrive, and returns
 // the requests. The subject and SANs are those of the current certificate.
+// Keys left by other runs (whose signing failed) are removed first.
 func (a *Agent) kubeletCSR(req api.Request) ([]api.CSR, error) {
 	l, err := a.detectLayout()
 	if err != nil {
+		return nil, err
+	}
+	t, err := a.lockTxn(req)
+	if err != nil {
+		return nil, err
+	}
+	defer t.end()
+	if err := a.removePending(""); err != nil {
 		return nil, err
 	}
 	var out []api.CSR
@@ -63,30 +70,146 @@ func (a *Agent) kubeletCSR(req api.Request) ([]api.CSR, error) {
 		if kc == kubeletClient && old.Subject.CommonName != "system:node:"+req.Node {
 			return nil, fmt.Errorf("kubelet-client: /%s is for %q, not for node %q", kc.current, old.Subject.CommonName, req.Node)
 		}
-		keyPEM, csrPEM, err := pki.NewCSR(old.Subject, old)
+		// The subject is the node's identity; a serving certificate keeps
+		// its names, a client certificate has none.
+		var dns []string
+		var ips []net.IP
+		if kc == kubeletServing {
+			dns, ips = old.DNSNames, old.IPAddresses
+		}
+		keyPEM, csrPEM, err := pki.NewCSR(pki.KubeletClientSubject(req.Node), old.PublicKey, dns, ips)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", kc.name, err)
 		}
-		if err := pki.WriteAtomic(a.Root, pki.File{Path: pendingKeyPath(kc.name), Data: keyPEM, Mode: 0o600}); err != nil {
+		if err := pki.WriteAtomic(a.Root, pki.File{Path: pendingKeyPath(req.Run, kc.name), Data: keyPEM, Mode: 0o600}); err != nil {
 			return nil, err
 		}
-		usages := []string{string(certificatesv1.UsageDigitalSignature), string(kc.usage)}
-		if strings.HasPrefix(pki.KeyAlgorithm(old.PublicKey), "RSA") {
-			usages = append(usages, string(certificatesv1.UsageKeyEncipherment))
-		}
-		out = append(out, api.CSR{Name: kc.name, SignerName: kc.signer, Request: string(csrPEM), Usages: usages})
+		out = append(out, api.CSR{Name: kc.name, Request: string(csrPEM)})
 	}
 	return out, nil
 }
 
-// kubeletInstall installs the issued certificates next to the kubelet's own
-// rotated files, repoints the *-current.pem links, makes kubelet.conf use
-// the rotating file, and renews a self-signed serving certificate.
-func (a *Agent) kubeletInstall(req api.Request) (*api.RenewResult, error) {
+// removePending removes the pending keys of a run ("" for every run).
+func (a *Agent) removePending(run string) error {
+	dir, err := pki.Resolve(a.Root, pki.KubeletPKIDir)
+	if err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("reading /%s: %w", pki.KubeletPKIDir, err)
+	}
+	var errs []error
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), pendingPrefix+run) && strings.HasSuffix(e.Name(), ".key") {
+			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// discardPending removes the keys of a request that will not be installed.
+func (a *Agent) discardPending(req api.Request) error {
+	if !validName.MatchString(req.Run) {
+		return fmt.Errorf("invalid run %q", req.Run)
+	}
+	return a.removePending(req.Run + "-")
+}
+
+// installItem is an issued certificate with the key made for it.
+type installItem struct {
+	kc      kubeletCert
+	certPEM []byte
+	keyPEM  []byte
+	cert    *x509.Certificate
+}
+
+// kubeletInstall is the kubelet's transaction: install the issued
+// certificates next to the kubelet's own rotated files, re-point the
+// *-current.pem links, renew a self-signed serving certificate, make
+// kubelet.conf use the rotating file, restart the kubelet, and prove the new
+// kubelet runs, serves the new serving certificate and that its new client
+// certificate authenticates to the API server. On any failure every file is
+// restored and the kubelet restarted on them again.
+func (a *Agent) kubeletInstall(ctx context.Context, req api.Request) (*api.RenewResult, *api.KubeletProcess, error) {
 	l, err := a.detectLayout()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	t, err := a.lockTxn(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	res := &api.RenewResult{Notes: t.notes}
+	items, err := a.checkIssued(req, l)
+	if err != nil {
+		t.end()
+		return res, nil, err
+	}
+	before, err := a.kubeletStatus(ctx)
+	if err != nil {
+		t.end()
+		return res, nil, err
+	}
+	if err := t.start("kubelet"); err != nil {
+		t.end()
+		return res, nil, err
+	}
+	res.Backup = t.b.Name
+	txCtx, cancel := context.WithTimeout(ctx, api.WorkTimeout(a.Timeout))
+	defer cancel()
+	restarted := false
+	proc, err := func() (*api.KubeletProcess, error) {
+		servingSerial, err := a.installKubeletFiles(t, req, l, items, res)
+		if err != nil {
+			return nil, err
+		}
+		restarted = true
+		proc, err := a.restartKubeletAndWait(txCtx, before.PID, res)
+		if err != nil {
+			return nil, err
+		}
+		if servingSerial != "" {
+			addr := a.kubeletServingAddr()
+			if err := waitServes(txCtx, a.dial, addr, servingSerial, nil, a.Timeout); err != nil {
+				return nil, fmt.Errorf("kubelet: %w", err)
+			}
+			res.Verified = append(res.Verified, fmt.Sprintf("kubelet serves kubelet-serving serial %s on %s", servingSerial, addr))
+		}
+		for _, it := range items {
+			if it.kc == kubeletClient {
+				v, err := a.verifyKubeletClient(txCtx, req.Node, it.certPEM, it.keyPEM)
+				if err != nil {
+					return nil, err
+				}
+				res.Verified = append(res.Verified, v)
+			}
+		}
+		return proc, nil
+	}()
+	if err != nil {
+		err = t.abort(err)
+		if restarted {
+			rctx, rcancel := a.restoreContext()
+			defer rcancel()
+			if _, rerr := a.restartKubeletAndWait(rctx, 0, nil); rerr != nil {
+				err = fmt.Errorf("%w; the kubelet did not come back on the restored files: %v", err, rerr)
+			}
+		}
+		return res, nil, err
+	}
+	if err := a.commit(t, res); err != nil {
+		return res, proc, err
+	}
+	_ = a.removePending(req.Run + "-")
+	return res, proc, nil
+}
+
+// checkIssued pairs each issued certificate with the key made for it and
+// refuses one that is not for that key or not signed by the cluster CA.
+func (a *Agent) checkIssued(req api.Request, l layout) ([]installItem, error) {
 	caPEM, err := pki.ReadFile(a.Root, pki.ClusterCA.CertFile)
 	if err != nil {
 		return nil, fmt.Errorf("cluster CA: %w", err)
@@ -95,88 +218,70 @@ func (a *Agent) kubeletInstall(req api.Request) (*api.RenewResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster CA /%s: %w", pki.ClusterCA.CertFile, err)
 	}
-	type install struct {
-		kc      kubeletCert
-		certPEM []byte
-		keyPEM  []byte
-	}
-	var installs []install
+	var items []installItem
 	for _, kc := range a.kubeletCerts(l) {
 		certPEM, ok := req.Issued[kc.name]
 		if !ok {
 			return nil, fmt.Errorf("%s: no issued certificate in the request", kc.name)
 		}
-		keyPEM, err := pki.ReadFile(a.Root, pendingKeyPath(kc.name))
+		keyPEM, err := pki.ReadFile(a.Root, pendingKeyPath(req.Run, kc.name))
 		if err != nil {
 			return nil, fmt.Errorf("%s: the key generated for this request is gone (run again): %w", kc.name, err)
 		}
-		if _, err := pki.CheckIssued([]byte(certPEM), keyPEM, ca); err != nil {
+		cert, err := pki.CheckIssued([]byte(certPEM), keyPEM, ca)
+		if err != nil {
 			return nil, fmt.Errorf("%s: %w", kc.name, err)
 		}
-		installs = append(installs, install{kc, []byte(certPEM), keyPEM})
+		items = append(items, installItem{kc, []byte(certPEM), keyPEM, cert})
 	}
+	return items, nil
+}
+
+// installKubeletFiles writes the kubelet's new files through the
+// transaction and returns the serial the kubelet must serve afterwards
+// ("" when its serving certificate is not ours to check).
+func (a *Agent) installKubeletFiles(t *txn, req api.Request, l layout, items []installItem, res *api.RenewResult) (servingSerial string, err error) {
 	now := a.Now()
-	b, err := newBackup(a.Root, "kubelet", now)
-	if err != nil {
-		return nil, err
-	}
-	res := &api.RenewResult{Backup: b.Name}
-	err = func() error {
-		for _, in := range installs {
-			old, err := pki.ReadCertificate(a.Root, pki.Cert{CertFile: in.kc.current})
-			if err != nil {
-				return err
-			}
-			file := pki.KubeletRotatedName(in.kc.prefix, now)
-			for _, p := range []string{file, in.kc.current} {
-				if err := b.add(p); err != nil {
-					return err
-				}
-			}
-			if err := pki.WriteAtomic(a.Root, pki.File{Path: file, Data: pki.KubeletBundle(in.certPEM, in.keyPEM), Mode: 0o600}); err != nil {
-				return err
-			}
-			if err := pki.SymlinkAtomic(a.Root, in.kc.current, filepath.Base(file)); err != nil {
-				return err
-			}
-			res.Changes = append(res.Changes, change(in.kc.name, in.kc.current, old, in.certPEM))
+	for _, it := range items {
+		old, err := pki.ReadCertificate(a.Root, pki.Cert{CertFile: it.kc.current})
+		if err != nil {
+			return "", err
 		}
-		if !l.servingByCSR {
-			if err := a.renewSelfSignedServing(req, b, now, res); err != nil {
-				return err
-			}
+		file := pki.KubeletRotatedName(it.kc.prefix, now)
+		if err := t.write(pki.File{Path: file, Data: pki.KubeletBundle(it.certPEM, it.keyPEM), Mode: 0o600}); err != nil {
+			return "", err
 		}
-		return a.pointKubeletConfAtRotatingFile(b, res)
-	}()
-	if err != nil {
-		if rerr := b.restore(); rerr != nil {
-			return res, fmt.Errorf("%w; restoring the backup %s also failed: %v", err, b.Dir(), rerr)
+		if err := t.link(it.kc.current, "/"+file); err != nil {
+			return "", err
 		}
-		return res, fmt.Errorf("%w; every file was restored from %s", err, b.Dir())
+		res.Changes = append(res.Changes, change(it.kc.name, it.kc.current, old, it.cert))
+		if it.kc == kubeletServing {
+			servingSerial = it.cert.SerialNumber.String()
+		}
 	}
-	for _, in := range installs {
-		_ = os.Remove(filepath.Join(a.Root, pendingKeyPath(in.kc.name)))
+	if !l.servingByCSR {
+		if servingSerial, err = a.renewSelfSignedServing(t, req, now, res); err != nil {
+			return "", err
+		}
 	}
-	return res, nil
+	return servingSerial, a.pointKubeletConfAtRotatingFile(t, res)
 }
 
-func change(name, path string, old *x509.Certificate, newPEM []byte) api.Change {
-	c := api.Change{Name: name, Path: "/" + path, OldSerial: old.SerialNumber.String(), OldNotAfter: old.NotAfter.UTC()}
-	if n, err := pki.ParseCertificatePEM(newPEM); err == nil {
-		c.NewSerial, c.NewNotAfter = n.SerialNumber.String(), n.NotAfter.UTC()
-	}
-	return c
+func change(name, path string, old, cert *x509.Certificate) api.Change {
+	return api.Change{Name: name, Path: "/" + path,
+		OldSerial: old.SerialNumber.String(), OldNotAfter: old.NotAfter.UTC(),
+		NewSerial: cert.SerialNumber.String(), NewNotAfter: cert.NotAfter.UTC()}
 }
 
-func (a *Agent) renewSelfSignedServing(req api.Request, b *backup, now time.Time, res *api.RenewResult) error {
+func (a *Agent) renewSelfSignedServing(t *txn, req api.Request, now time.Time, res *api.RenewResult) (string, error) {
 	c := pki.Cert{Name: "kubelet-serving", CertFile: pki.KubeletSelfSignedCert, KeyFile: pki.KubeletSelfSignedKey}
 	old, err := pki.ReadCertificate(a.Root, c)
 	if errors.Is(err, pki.ErrMissing) {
 		res.Notes = append(res.Notes, "kubelet-serving: no self-signed kubelet.crt (the kubelet uses a configured tlsCertFile): left alone")
-		return nil
+		return "", nil
 	}
 	if err != nil {
-		return fmt.Errorf("kubelet-serving: %w", err)
+		return "", fmt.Errorf("kubelet-serving: %w", err)
 	}
 	validity := req.Validity
 	if validity <= 0 {
@@ -184,27 +289,22 @@ func (a *Agent) renewSelfSignedServing(req api.Request, b *backup, now time.Time
 	}
 	certPEM, keyPEM, leaf, err := pki.NewSelfSignedServing(old, validity, now)
 	if err != nil {
-		return err
+		return "", err
 	}
 	for _, f := range []pki.File{{Path: c.CertFile, Data: certPEM, Mode: 0o644}, {Path: c.KeyFile, Data: keyPEM, Mode: 0o600}} {
-		if err := b.add(f.Path); err != nil {
-			return err
-		}
-		if err := pki.WriteAtomic(a.Root, f); err != nil {
-			return err
+		if err := t.write(f); err != nil {
+			return "", err
 		}
 	}
-	res.Changes = append(res.Changes, api.Change{Name: c.Name, Path: "/" + c.CertFile,
-		OldSerial: old.SerialNumber.String(), NewSerial: leaf.SerialNumber.String(),
-		OldNotAfter: old.NotAfter.UTC(), NewNotAfter: leaf.NotAfter.UTC()})
-	return nil
+	res.Changes = append(res.Changes, change(c.Name, c.CertFile, old, leaf))
+	return leaf.SerialNumber.String(), nil
 }
 
 // pointKubeletConfAtRotatingFile fixes a kubelet.conf that embeds a client
 // certificate (kubeadm's first control plane before 1.17, and a common
 // cause of nodes going NotReady after a year): it then names
 // kubelet-client-current.pem, which the kubelet rotates itself.
-func (a *Agent) pointKubeletConfAtRotatingFile(b *backup, res *api.RenewResult) error {
+func (a *Agent) pointKubeletConfAtRotatingFile(t *txn, res *api.RenewResult) error {
 	data, err := pki.ReadFile(a.Root, pki.KubeletKubeconfig)
 	if err != nil {
 		return err
@@ -231,83 +331,5 @@ func (a *Agent) pointKubeletConfAtRotatingFile(b *backup, res *api.RenewResult) 
 	if err != nil {
 		return err
 	}
-	if err := b.add(pki.KubeletKubeconfig); err != nil {
-		return err
-	}
-	return pki.WriteAtomic(a.Root, pki.File{Path: pki.KubeletKubeconfig, Data: out, Mode: 0o600})
-}
-
-// restartKubelet asks systemd on the host, over its private D-Bus socket, to
-// restart kubelet.service. It returns once systemd accepted the job; the
-// plugin then waits through KubeletStatus (this exec stream itself passes
-// through the kubelet and may break).
-func (a *Agent) restartKubelet(ctx context.Context) error {
-	conn, err := dbus.Dial("unix:path="+a.SystemdSocket, dbus.WithContext(ctx))
-	if err != nil {
-		return fmt.Errorf("connecting to systemd at %s: %w", a.SystemdSocket, err)
-	}
-	defer conn.Close()
-	if err := conn.Auth([]dbus.Auth{dbus.AuthExternal(strconv.Itoa(os.Getuid()))}); err != nil {
-		return fmt.Errorf("authenticating to systemd: %w", err)
-	}
-	var job dbus.ObjectPath
-	obj := conn.Object("org.freedesktop.systemd1", "/org/freedesktop/systemd1")
-	if err := obj.CallWithContext(ctx, "org.freedesktop.systemd1.Manager.RestartUnit", 0, "kubelet.service", "replace").Store(&job); err != nil {
-		return fmt.Errorf("systemd: restarting kubelet.service: %w", err)
-	}
-	return nil
-}
-
-// kubeletStatus reports the running kubelet and whether it answers its
-// health endpoint.
-func (a *Agent) kubeletStatus(ctx context.Context) (*api.KubeletProcess, error) {
-	p, err := onlyProcess(a.ProcDir, "kubelet")
-	if err != nil {
-		return nil, err
-	}
-	boot, err := bootTime(a.ProcDir)
-	if err != nil {
-		return nil, err
-	}
-	// Clock ticks are 1/100 s on every Linux architecture Kubernetes runs on.
-	started := boot.Add(time.Duration(p.startTick) * 10 * time.Millisecond)
-	st := &api.KubeletProcess{PID: p.pid, StartedAt: started.UTC()}
-	st.Healthy = healthy(ctx, "http://"+a.kubeletHealthz()) == nil
-	return st, nil
-}
-
-// kubeletHealthz is host:port/path of the kubelet's healthz endpoint from
-// its config file (kubeadm's default 127.0.0.1:10248).
-func (a *Agent) kubeletHealthz() string {
-	cfg := struct {
-		HealthzBindAddress string `json:"healthzBindAddress"`
-		HealthzPort        *int   `json:"healthzPort"`
-	}{}
-	if data, err := pki.ReadFile(a.Root, "var/lib/kubelet/config.yaml"); err == nil {
-		_ = yaml.Unmarshal(data, &cfg)
-	}
-	host, port := "127.0.0.1", 10248
-	if cfg.HealthzBindAddress != "" && cfg.HealthzBindAddress != "0.0.0.0" {
-		host = cfg.HealthzBindAddress
-	}
-	if cfg.HealthzPort != nil && *cfg.HealthzPort > 0 {
-		port = *cfg.HealthzPort
-	}
-	return fmt.Sprintf("%s:%d/healthz", host, port)
-}
-
-func bootTime(procDir string) (time.Time, error) {
-	f, err := os.Open(filepath.Join(procDir, "stat"))
-	if err != nil {
-		return time.Time{}, err
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if v, ok := strings.CutPrefix(s.Text(), "btime "); ok {
-			sec, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-			return time.Unix(sec, 0), err
-		}
-	}
-	return time.Time{}, errors.New("no btime in /proc/stat")
+	return t.write(pki.File{Path: pki.KubeletKubeconfig, Data: out, Mode: 0o600})
 }

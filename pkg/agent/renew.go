@@ -3,10 +3,8 @@ package agent
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"net"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -16,51 +14,63 @@ import (
 )
 
 // renew replaces the CA-signed certificates of the requested services on
-// this node as one transaction: plan everything, back up, write, then
+// this node as one transaction: lock, plan everything, back up, write, then
 // restart or prove reload; on any failure restore the backup.
 func (a *Agent) renew(ctx context.Context, req api.Request) (*api.RenewResult, error) {
 	l, err := a.detectLayout()
 	if err != nil {
 		return nil, err
 	}
+	t, err := a.lockTxn(req)
+	if err != nil {
+		return nil, err
+	}
+	res := &api.RenewResult{Notes: t.notes}
 	p, err := a.plan(req, l)
 	if err != nil {
-		return nil, err
+		t.end()
+		return res, err
 	}
+	res.Notes = append(res.Notes, p.notes...)
 	if len(p.problems) > 0 {
-		return nil, fmt.Errorf("nothing was changed on this node: %s", strings.Join(p.problems, "; "))
+		t.end()
+		return res, fmt.Errorf("nothing was changed on this node: %s", strings.Join(p.problems, "; "))
 	}
-	res := &api.RenewResult{Notes: p.notes}
 	if len(p.renewals) == 0 {
+		t.end()
 		return res, nil
 	}
-	b, err := newBackup(a.Root, "renew", a.Now())
-	if err != nil {
-		return nil, err
+	if err := t.start("renew"); err != nil {
+		t.end()
+		return res, err
 	}
-	res.Backup = b.Name
-	if err := a.applyRenewals(ctx, req, l, p, b, res); err != nil {
-		if rerr := b.restore(); rerr != nil {
-			return res, fmt.Errorf("%w; restoring the backup %s also failed: %v (restore it by hand)", err, b.Dir(), rerr)
-		}
-		return res, fmt.Errorf("%w; every file was restored from %s", err, b.Dir())
+	res.Backup = t.b.Name
+	txCtx, cancel := context.WithTimeout(ctx, api.WorkTimeout(a.Timeout))
+	defer cancel()
+	if err := a.applyRenewals(txCtx, req, l, p, t, res); err != nil {
+		return res, t.abort(err)
 	}
-	return res, nil
+	return res, a.commit(t, res)
 }
 
-func (a *Agent) applyRenewals(ctx context.Context, req api.Request, l layout, p *nodePlan, b *backup, res *api.RenewResult) error {
-	for _, r := range p.renewals {
-		for _, f := range r.Files {
-			if err := b.add(f.Path); err != nil {
-				return err
-			}
-		}
+// commit ends a transaction that did all it should and reports the backups
+// it pruned.
+func (a *Agent) commit(t *txn, res *api.RenewResult) error {
+	n := len(t.notes)
+	removed, err := t.commit()
+	res.Notes = append(res.Notes, t.notes[n:]...)
+	if len(removed) > 0 {
+		res.Notes = append(res.Notes, fmt.Sprintf("removed %d backup(s) of older runs (--keep-backups %d): %s", len(removed), max(t.req.KeepBackups, 1), strings.Join(removed, ", ")))
 	}
+	return err
+}
+
+func (a *Agent) applyRenewals(ctx context.Context, req api.Request, l layout, p *nodePlan, t *txn, res *api.RenewResult) error {
 	changed := map[pki.Service]bool{}
 	serials := map[string]string{}
 	for _, r := range p.renewals {
 		for _, f := range r.Files {
-			if err := pki.WriteAtomic(a.Root, f); err != nil {
+			if err := t.write(f); err != nil {
 				return err
 			}
 		}
@@ -73,20 +83,26 @@ func (a *Agent) applyRenewals(ctx context.Context, req api.Request, l layout, p 
 			CappedToCA: r.New.Capped,
 		})
 	}
-	restartAll := req.Restart == api.RestartAll
-	if p.services[pki.ServiceEtcd] && !l.externalEtcd && l.controlPlane {
+	return a.settle(ctx, l, p.services, changed, serials, req.Restart == api.RestartAll, res)
+}
+
+// settle makes the components use what was written: etcd and
+// kube-apiserver (of the services asked for) are restarted if restartAll,
+// and must serve the new serials; kube-controller-manager and
+// kube-scheduler, whose embedded credentials are read once at start, are
+// restarted when their files changed (SIGTERM: both exit in <0.2 s and the
+// scheduler hands its lease over at once; see reload.md).
+func (a *Agent) settle(ctx context.Context, l layout, asked, changed map[pki.Service]bool, serials map[string]string, restartAll bool, res *api.RenewResult) error {
+	if asked[pki.ServiceEtcd] && !l.externalEtcd && l.controlPlane {
 		if err := a.settleEtcd(ctx, restartAll, serials, changed[pki.ServiceEtcd], res); err != nil {
 			return err
 		}
 	}
-	if p.services[pki.ServiceAPIServer] && l.controlPlane {
+	if asked[pki.ServiceAPIServer] && l.controlPlane {
 		if err := a.settleAPIServer(ctx, restartAll, serials, changed[pki.ServiceAPIServer], res); err != nil {
 			return err
 		}
 	}
-	// Embedded kubeconfig credentials are read once at start: these two
-	// must restart to use them (reload.md). SIGTERM: both exit in <0.2 s
-	// and the scheduler hands its lease over at once.
 	for _, s := range []pki.Service{pki.ServiceControllerManager, pki.ServiceScheduler} {
 		if changed[s] {
 			if err := a.restart(ctx, string(s), syscall.SIGTERM, res); err != nil {
@@ -131,7 +147,7 @@ func (a *Agent) settleEtcd(ctx context.Context, restart bool, serials map[string
 		if err != nil {
 			return err
 		}
-		if err := waitServes(ctx, addr, serials[c.cert], client, a.Timeout); err != nil {
+		if err := waitServes(ctx, a.dial, addr, serials[c.cert], client, a.Timeout); err != nil {
 			return fmt.Errorf("etcd: %w", err)
 		}
 		res.Verified = append(res.Verified, fmt.Sprintf("etcd serves %s serial %s on %s", c.cert, serials[c.cert], addr))
@@ -155,7 +171,7 @@ func (a *Agent) settleAPIServer(ctx context.Context, restart bool, serials map[s
 		port = "6443"
 	}
 	addr := net.JoinHostPort(host, port)
-	if err := waitServes(ctx, addr, serials["apiserver"], nil, a.Timeout); err != nil {
+	if err := waitServes(ctx, a.dial, addr, serials["apiserver"], nil, a.Timeout); err != nil {
 		return fmt.Errorf("kube-apiserver: %w", err)
 	}
 	res.Verified = append(res.Verified, fmt.Sprintf("kube-apiserver serves apiserver serial %s on %s", serials["apiserver"], addr))
@@ -172,7 +188,7 @@ func (a *Agent) restart(ctx context.Context, name string, sig syscall.Signal, re
 
 func (a *Agent) restartPod(ctx context.Context, sp *staticPod, sig syscall.Signal, res *api.RenewResult) error {
 	start := time.Now()
-	oldPID, newPID, err := restartStatic(ctx, a.ProcDir, sp, sig, a.Timeout)
+	oldPID, newPID, err := a.restartStatic(ctx, sp, sig)
 	if err != nil {
 		return err
 	}
@@ -183,9 +199,17 @@ func (a *Agent) restartPod(ctx context.Context, sp *staticPod, sig syscall.Signa
 // keyPair loads base.crt and base.key below the root as a TLS client
 // certificate.
 func (a *Agent) keyPair(base string) (*tls.Certificate, error) {
-	c, err := tls.LoadX509KeyPair(filepath.Join(a.Root, base+".crt"), filepath.Join(a.Root, base+".key"))
+	certPEM, err := pki.ReadFile(a.Root, base+".crt")
 	if err != nil {
-		return nil, errors.New("loading /" + base + ".crt: " + err.Error())
+		return nil, err
+	}
+	keyPEM, err := pki.ReadFile(a.Root, base+".key")
+	if err != nil {
+		return nil, err
+	}
+	c, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("loading /%s.crt: %w", base, err)
 	}
 	return &c, nil
 }

@@ -42,9 +42,63 @@ const (
 	// KubeletStatus reports the kubelet's process and health; a restart
 	// is proven by a new PID that answers healthz.
 	KubeletStatus Action = "kubelet-status"
-	// Rollback restores a backup made by Renew or KubeletInstall.
+	// Rollback restores, as one transaction, the backups of one run (or
+	// one backup) on the node, restarts what read the restored files and
+	// proves the rest reloaded.
 	Rollback Action = "rollback"
+	// ListBackups reports the backups kept on the node.
+	ListBackups Action = "list-backups"
+	// DiscardPending removes the keys KubeletCSR left for a request that
+	// will not be installed (its signing failed).
+	DiscardPending Action = "discard-pending"
+	// Recover takes the node's lock and restores a transaction whose agent
+	// died, if there is one; it changes nothing else.
+	Recover Action = "recover"
+	// Ping only proves the plugin is still there (the agent pod exits on
+	// its own when no request came for a while).
+	Ping Action = "ping"
 )
+
+// Outcome is what became of a request on the node: the plugin decides on
+// it, never on the wording of an error.
+type Outcome string
+
+const (
+	// Done: the action did what it was asked.
+	Done Outcome = "done"
+	// Unchanged: the action failed before it changed anything.
+	Unchanged Outcome = "unchanged"
+	// Restored: the action failed after changing files, and every file
+	// was put back as it was (the transaction's backup).
+	Restored Outcome = "restored"
+	// RestoreFailed: the action failed and putting the files back failed
+	// too: the node needs a person (the error names the backup).
+	RestoreFailed Outcome = "restore-failed"
+	// Busy: another rotation holds the node's lock.
+	Busy Outcome = "busy"
+	// NotReceived: a result was asked for a request the agent never got.
+	NotReceived Outcome = "not-received"
+	// Running: the request is still being performed.
+	Running Outcome = "running"
+	// Lost: the action's process ended without filing a result (killed).
+	// A transaction it had begun is restored by the node's next one; the
+	// plugin asks for that at once (Recover).
+	Lost Outcome = "lost"
+)
+
+// Failed tells whether the outcome is a failure.
+func (o Outcome) Failed() bool { return o != Done }
+
+// WorkTimeout bounds the work of one node transaction (writes, restarts,
+// verifications) for a step timeout: the agent gives up, restores and
+// answers within it.
+func WorkTimeout(step time.Duration) time.Duration { return 3 * step }
+
+// TransactionTimeout bounds a whole node transaction, including restoring
+// the files and restarting a component again after a failure. An agent pod
+// that is deleted waits this long for its transaction to end (its
+// termination grace period), and so does an interrupted plugin.
+func TransactionTimeout(step time.Duration) time.Duration { return WorkTimeout(step) + step }
 
 // Restart policies.
 const (
@@ -63,8 +117,23 @@ type Request struct {
 	Services []string      `json:"services,omitempty"`
 	Validity time.Duration `json:"validity,omitempty"`
 	Restart  string        `json:"restart,omitempty"`
-	// Backup names a backup folder (for KubeletInstall to join, for Rollback).
+	// Run names the plugin's run; the node's backups are tagged with it
+	// (rollback finds them by it) and its lock names it.
+	Run string `json:"run,omitempty"`
+	// Timeout bounds the action's own waits (a component coming back, a
+	// served certificate); the whole transaction ends within a few of them.
+	Timeout time.Duration `json:"timeout,omitempty"`
+	// KeepBackups is how many runs' backups a committing transaction keeps
+	// on the node (the newest ones; never fewer than one).
+	KeepBackups int `json:"keepBackups,omitempty"`
+	// ReadOnly inspections run in unprivileged pods with read-only mounts
+	// (status, --dry-run): checks that need to write or reach systemd are
+	// skipped, and nothing is written.
+	ReadOnly bool `json:"readOnly,omitempty"`
+	// Backup names one backup folder (Rollback of a single step).
 	Backup string `json:"backup,omitempty"`
+	// RollbackRun names the run whose backups Rollback restores.
+	RollbackRun string `json:"rollbackRun,omitempty"`
 	// Issued maps a certificate name (kubelet-client, kubelet-serving) to
 	// the PEM certificate the cluster issued for the node's request.
 	Issued map[string]string `json:"issued,omitempty"`
@@ -73,13 +142,16 @@ type Request struct {
 // Result is what the agent answers. Error is set when the action failed;
 // in that case no file on the node differs from before the action.
 type Result struct {
-	AgentVersion string          `json:"agentVersion"`
-	Node         string          `json:"node"`
-	Error        string          `json:"error,omitempty"`
-	Inspect      *InspectResult  `json:"inspect,omitempty"`
-	Renew        *RenewResult    `json:"renew,omitempty"`
-	CSRs         []CSR           `json:"csrs,omitempty"`
-	Kubelet      *KubeletProcess `json:"kubelet,omitempty"`
+	AgentVersion string  `json:"agentVersion"`
+	Node         string  `json:"node"`
+	Outcome      Outcome `json:"outcome"`
+	// Error says what went wrong, for people; Outcome says what it means.
+	Error   string          `json:"error,omitempty"`
+	Inspect *InspectResult  `json:"inspect,omitempty"`
+	Renew   *RenewResult    `json:"renew,omitempty"`
+	CSRs    []CSR           `json:"csrs,omitempty"`
+	Kubelet *KubeletProcess `json:"kubelet,omitempty"`
+	Backups []Backup        `json:"backups,omitempty"`
 }
 
 // CertInfo describes one certificate on a node (the status schema).
@@ -103,7 +175,10 @@ type CertInfo struct {
 
 // InspectResult is a node's layout and certificates.
 type InspectResult struct {
-	ControlPlane bool       `json:"controlPlane"`
+	ControlPlane bool `json:"controlPlane"`
+	// ServingByCSR: the kubelet's serving certificate comes from the CSR
+	// API (serverTLSBootstrap), signed by kubernetes.io/kubelet-serving.
+	ServingByCSR bool       `json:"servingByCSR,omitempty"`
 	Certs        []CertInfo `json:"certs"`
 	CAs          []CertInfo `json:"cas"`
 	// Problems are reasons the requested renewal cannot proceed on this
@@ -119,10 +194,12 @@ type InspectResult struct {
 
 // PlannedChange is one certificate a renewal would replace.
 type PlannedChange struct {
-	Name     string    `json:"name"`
-	Path     string    `json:"path"`
-	Serial   string    `json:"serial"`
-	NotAfter time.Time `json:"notAfter"`
+	Name      string    `json:"name"`
+	Service   string    `json:"service"`
+	Path      string    `json:"path"`
+	Serial    string    `json:"serial"`
+	NotBefore time.Time `json:"notBefore"`
+	NotAfter  time.Time `json:"notAfter"`
 }
 
 // Change is one certificate that was replaced.
@@ -156,13 +233,34 @@ type RenewResult struct {
 	Notes    []string `json:"notes,omitempty"`
 }
 
-// CSR is a certificate request generated on the node.
+// CSR is a certificate request generated on the node. The plugin decides
+// the signer and the usages from Name and checks the request itself: a node
+// asks, it does not dictate.
 type CSR struct {
-	Name       string   `json:"name"` // kubelet-client or kubelet-serving
-	SignerName string   `json:"signerName"`
-	Request    string   `json:"request"` // PEM
-	Usages     []string `json:"usages"`
+	Name    string `json:"name"`    // kubelet-client or kubelet-serving
+	Request string `json:"request"` // PEM
 }
+
+// Backup is one transaction's backup folder on a node.
+type Backup struct {
+	Name    string    `json:"name"`
+	Run     string    `json:"run,omitempty"`
+	Action  string    `json:"action"`
+	Created time.Time `json:"created"`
+	// State is in-progress (a transaction that never ended: the next one
+	// restores it), committed or restored.
+	State string   `json:"state"`
+	Paths []string `json:"paths,omitempty"`
+}
+
+// Backup states.
+const (
+	BackupInProgress = "in-progress"
+	BackupCommitted  = "committed"
+	BackupRestored   = "restored"
+	// BackupRolledBack: committed, then undone by a rollback.
+	BackupRolledBack = "rolled-back"
+)
 
 // KubeletProcess is the kubelet's state on the node.
 type KubeletProcess struct {

@@ -8,9 +8,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"time"
+	"unicode"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/api"
@@ -20,10 +23,28 @@ import (
 // agentPod is a running agent on one node.
 type agentPod struct {
 	node         string
-	run          string // the run ID its CSRs are labelled with
+	run          string // the run ID its CSRs and backups are tagged with
 	pod          string
 	controlPlane bool
+	obj          *corev1.Node
 }
+
+// AgentError is a request the agent answered with a failure. Outcome says
+// what became of the node; callers decide on it, never on the message.
+type AgentError struct {
+	Node    string
+	Action  api.Action
+	Outcome api.Outcome
+	Message string
+}
+
+func (e *AgentError) Error() string {
+	return fmt.Sprintf("node %s: %s", e.Node, e.Message)
+}
+
+// ErrInterrupted is returned for a change that was not started because
+// the run was interrupted.
+var ErrInterrupted = errors.New("interrupted")
 
 // call sends one request to a node's agent and returns its result. The
 // exec stream passes through kube-apiserver and the kubelet, so it breaks
@@ -34,66 +55,207 @@ func (r *Runner) call(ctx context.Context, ap agentPod, req api.Request) (*api.R
 	req.ID = newID()
 	req.Version = version.Version
 	req.Node = ap.node
+	req.Run = ap.run
+	req.Timeout = r.Timeout
+	req.KeepBackups = r.KeepBackups
 	in, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
 	}
-	out, err := r.deliver(ctx, ap, req, in)
+	res, err := r.deliver(ctx, ap, req, in)
 	if err != nil {
 		return nil, fmt.Errorf("node %s: %s: %w", ap.node, req.Action, err)
 	}
-	var res api.Result
-	if err := json.Unmarshal(out, &res); err != nil {
-		return nil, fmt.Errorf("node %s: %s: unreadable agent answer %q: %w", ap.node, req.Action, tail(out), err)
-	}
-	if res.Error != "" {
-		return &res, fmt.Errorf("node %s: %s", ap.node, res.Error)
+	if res.Outcome.Failed() {
+		return res, &AgentError{Node: ap.node, Action: req.Action, Outcome: res.Outcome, Message: res.Error}
 	}
 	if res.AgentVersion != version.Version {
-		return &res, fmt.Errorf("node %s: agent version %s differs from plugin version %s: use --image with the agent image of this plugin's version", ap.node, res.AgentVersion, version.Version)
+		return res, fmt.Errorf("node %s: agent version %s differs from plugin version %s: use --image with the agent image of this plugin's version", ap.node, res.AgentVersion, version.Version)
 	}
-	return &res, nil
+	return res, nil
 }
+
+// change is a call that changes the node (a transaction). It is not
+// started once ctx is done; once started, its outcome is waited for even
+// after ctx is done (an interrupt), until the transaction's bound passes
+// or the user insists (Drain), because the node finishes it anyway and the
+// user must learn how it ended.
+func (r *Runner) change(ctx context.Context, ap agentPod, req api.Request) (*api.Result, error) {
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("node %s: %s not started: %w", ap.node, req.Action, ErrInterrupted)
+	}
+	r.setInFlight(ap.node, req.Action)
+	defer r.setInFlight(ap.node, "")
+	cctx, cancel := context.WithCancel(r.drain())
+	defer cancel()
+	go func() {
+		select {
+		case <-ctx.Done():
+			select {
+			case <-time.After(api.TransactionTimeout(r.Timeout) + 30*time.Second):
+				cancel()
+			case <-cctx.Done():
+			}
+		case <-cctx.Done():
+		}
+	}()
+	res, err := r.call(cctx, ap, req)
+	if ctx.Err() != nil {
+		r.logf("node %s: the %s in progress when interrupted ended: %s", ap.node, req.Action, describeOutcome(res, err))
+	}
+	var ae *AgentError
+	if errors.As(err, &ae) && ae.Outcome == api.Lost {
+		// The action's process died: have the node restore its
+		// transaction now rather than at its next one.
+		if rec, rerr := r.call(r.drain(), ap, api.Request{Action: api.Recover}); rerr != nil && rec != nil {
+			r.logf("node %s: %s", ap.node, rec.Error)
+		}
+	}
+	return res, err
+}
+
+// describeOutcome says in words what became of a node.
+func describeOutcome(res *api.Result, err error) string {
+	var ae *AgentError
+	switch {
+	case err == nil:
+		return "completed (new files, verified)"
+	case errors.As(err, &ae):
+		switch ae.Outcome {
+		case api.Unchanged:
+			return "failed before changing anything"
+		case api.Restored:
+			return "failed and restored every file it had changed"
+		case api.RestoreFailed:
+			return "failed and could NOT restore its files: " + ae.Message
+		case api.Busy:
+			return "refused: " + ae.Message
+		}
+	}
+	return fmt.Sprintf("unknown (%v); the node ends its transaction on its own: all new files or all restored", err)
+}
+
+// maxAnswer bounds what the plugin reads from an agent.
+const maxAnswer = 4 << 20
 
 // deliver execs the request and returns the agent's answer, fetching the
 // filed result when the stream broke.
-func (r *Runner) deliver(ctx context.Context, ap agentPod, req api.Request, in []byte) ([]byte, error) {
-	deadline := time.Now().Add(r.Timeout)
+func (r *Runner) deliver(ctx context.Context, ap agentPod, req api.Request, in []byte) (*api.Result, error) {
+	deadline := time.Now().Add(api.TransactionTimeout(r.Timeout) + 30*time.Second)
 	send := true
 	var last error
 	for {
+		var out []byte
+		var err error
 		if send {
-			out, err := r.Exec.Exec(ctx, Namespace, ap.pod, containerName, []string{api.Binary, "agent", "exec"}, in)
-			if err == nil && len(bytes.TrimSpace(out)) > 0 {
-				return out, nil
-			}
-			if err == nil {
-				err = errors.New("the stream ended without an answer")
-			}
-			if apierrors.IsForbidden(err) || ctx.Err() != nil {
-				return nil, err
-			}
-			r.logf("node %s: %s: %v; fetching the result the agent filed", ap.node, req.Action, err)
-			last, send = err, false
+			out, err = r.Exec.Exec(ctx, Namespace, ap.pod, containerName, []string{api.Binary, "agent", "exec"}, in)
 		} else {
-			out, err := r.Exec.Exec(ctx, Namespace, ap.pod, containerName, []string{api.Binary, "agent", "result", "--id", req.ID}, nil)
-			switch {
-			case err == nil && len(bytes.TrimSpace(out)) > 0:
-				return out, nil
-			case err != nil && strings.Contains(err.Error(), "never reached the agent"):
-				send = true // safe: the agent never saw it
-				continue
-			case err != nil:
-				last = err
+			out, err = r.Exec.Exec(ctx, Namespace, ap.pod, containerName, []string{api.Binary, "agent", "result", "--id", req.ID}, nil)
+		}
+		r.touched(ap.pod)
+		res, perr := decodeResult(out, ap.node)
+		switch {
+		case perr == nil && res.Outcome == api.NotReceived:
+			send = true // safe: the agent never saw it
+			continue
+		case perr == nil && res.Outcome == api.Running:
+			last = errors.New(res.Error)
+		case perr == nil:
+			return res, nil
+		case send && (apierrors.IsForbidden(err) || ctx.Err() != nil):
+			return nil, errors.Join(err, perr)
+		default:
+			if err == nil {
+				err = perr
 			}
+			if send {
+				r.logf("node %s: %s: the stream ended without an answer (%v); fetching the result the agent filed", ap.node, req.Action, err)
+			}
+			last, send = err, false
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("no answer within %s: %w", r.Timeout, last)
+			return nil, fmt.Errorf("no answer within %s: %w", api.TransactionTimeout(r.Timeout), last)
 		}
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-time.After(r.poll()):
+		}
+	}
+}
+
+// decodeResult parses an agent's answer, which is untrusted input: root on
+// a node controls what it says. It must be one bounded JSON Result for this
+// node with a known outcome; every string in it is stripped of control
+// characters before anything prints it.
+func decodeResult(out []byte, node string) (*api.Result, error) {
+	out = bytes.TrimSpace(out)
+	if len(out) == 0 {
+		return nil, errors.New("no answer")
+	}
+	if len(out) > maxAnswer {
+		return nil, fmt.Errorf("answer of %d bytes (at most %d)", len(out), maxAnswer)
+	}
+	dec := json.NewDecoder(bytes.NewReader(out))
+	dec.DisallowUnknownFields()
+	var res api.Result
+	if err := dec.Decode(&res); err != nil {
+		return nil, fmt.Errorf("unreadable agent answer %q: %w", clean(tail(out)), err)
+	}
+	if dec.More() {
+		return nil, errors.New("more than one answer")
+	}
+	switch res.Outcome {
+	case api.Done, api.Unchanged, api.Restored, api.RestoreFailed, api.Busy, api.NotReceived, api.Running, api.Lost:
+	default:
+		return nil, fmt.Errorf("agent answer with unknown outcome %q", clean(string(res.Outcome)))
+	}
+	if res.Node != "" && res.Node != node {
+		return nil, fmt.Errorf("agent answer for node %q, not %q", clean(res.Node), node)
+	}
+	res.Node = node
+	if res.Outcome == api.Done && res.Error != "" {
+		return nil, errors.New("agent answer both done and failed")
+	}
+	cleanStrings(reflect.ValueOf(&res).Elem())
+	return &res, nil
+}
+
+// clean replaces control characters (terminal escapes) in node-supplied
+// text; newlines and tabs stay.
+func clean(s string) string {
+	return strings.Map(func(c rune) rune {
+		if c == '\n' || c == '\t' || !unicode.IsControl(c) {
+			return c
+		}
+		return '?'
+	}, s)
+}
+
+func cleanStrings(v reflect.Value) {
+	switch v.Kind() {
+	case reflect.String:
+		if v.CanSet() {
+			v.SetString(clean(v.String()))
+		}
+	case reflect.Pointer, reflect.Interface:
+		if !v.IsNil() {
+			cleanStrings(v.Elem())
+		}
+	case reflect.Struct:
+		for i := range v.NumField() {
+			cleanStrings(v.Field(i))
+		}
+	case reflect.Slice, reflect.Array:
+		for i := range v.Len() {
+			cleanStrings(v.Index(i))
+		}
+	case reflect.Map:
+		for _, k := range v.MapKeys() {
+			e := reflect.New(v.Type().Elem()).Elem()
+			e.Set(v.MapIndex(k))
+			cleanStrings(e)
+			v.SetMapIndex(k, e)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package orchestrator
 import (
 	"context"
 	"fmt"
+	"math"
 	"time"
 
 	certificatesv1 "k8s.io/api/certificates/v1"
@@ -11,37 +12,30 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
-
-	"github.com/rotate-certs/kubectl-rotate-certs/pkg/api"
 )
 
-// signCSR submits a request generated on a node, approves it (the plugin
-// vouches for it: the request came from that node's agent, for that node's
-// identity) and waits for the cluster's signer. The CSR object is deleted
-// afterwards; only the public certificate is returned.
-func (r *Runner) signCSR(ctx context.Context, node, runID string, c api.CSR, validity time.Duration) (string, error) {
-	usages := make([]certificatesv1.KeyUsage, len(c.Usages))
-	for i, u := range c.Usages {
-		usages[i] = certificatesv1.KeyUsage(u)
-	}
+// signCSR submits a request that checkCSR accepted, approves it and waits
+// for the cluster's signer. The CSR object is deleted afterwards; only the
+// public certificate is returned.
+func (r *Runner) signCSR(ctx context.Context, node, runID string, c *checkedCSR, validity time.Duration) (string, error) {
 	csr := &certificatesv1.CertificateSigningRequest{
 		ObjectMeta: metav1.ObjectMeta{
 			GenerateName: "rotate-certs-" + truncate(node, 40) + "-",
 			Labels:       map[string]string{LabelApp: AppName, LabelRun: runID},
 		},
 		Spec: certificatesv1.CertificateSigningRequestSpec{
-			Request:    []byte(c.Request),
-			SignerName: c.SignerName,
-			Usages:     usages,
+			Request:    c.pem,
+			SignerName: c.signer,
+			Usages:     c.usages,
 		},
 	}
-	if s := int32(validity / time.Second); s >= 600 {
+	if s, ok := expirationSeconds(validity); ok {
 		csr.Spec.ExpirationSeconds = ptr.To(s)
 	}
 	csrs := r.Client.CertificatesV1().CertificateSigningRequests()
 	created, err := csrs.Create(ctx, csr, metav1.CreateOptions{})
 	if err != nil {
-		return "", fmt.Errorf("node %s: creating the %s CertificateSigningRequest: %w", node, c.Name, err)
+		return "", fmt.Errorf("node %s: creating the %s CertificateSigningRequest: %w", node, c.name, err)
 	}
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -71,7 +65,7 @@ func (r *Runner) signCSR(ctx context.Context, node, runID string, c api.CSR, val
 		return err
 	})
 	if err != nil {
-		return "", fmt.Errorf("node %s: approving CertificateSigningRequest %s (needs approve on signer %s): %w", node, created.Name, c.SignerName, err)
+		return "", fmt.Errorf("node %s: approving CertificateSigningRequest %s (needs approve on signer %s): %w", node, created.Name, c.signer, err)
 	}
 	var cert []byte
 	err = wait.PollUntilContextTimeout(ctx, r.poll(), r.Timeout, true, func(ctx context.Context) (bool, error) {
@@ -94,4 +88,18 @@ func (r *Runner) signCSR(ctx context.Context, node, runID string, c api.CSR, val
 		return "", fmt.Errorf("node %s: %w", node, err)
 	}
 	return string(cert), nil
+}
+
+// MaxValidity is the longest validity a CertificateSigningRequest can ask
+// for: spec.expirationSeconds is an int32.
+const MaxValidity = math.MaxInt32 * time.Second
+
+// expirationSeconds is validity as the CSR API takes it; the API refuses
+// less than 10 minutes, and more than MaxValidity does not fit.
+func expirationSeconds(validity time.Duration) (int32, bool) {
+	s := validity / time.Second
+	if s < 600 || validity > MaxValidity {
+		return 0, false
+	}
+	return int32(s), true
 }

@@ -48,15 +48,29 @@ func (e *podExecutor) Exec(ctx context.Context, namespace, pod, container string
 	if err != nil {
 		return nil, err
 	}
-	var stdout, stderr bytes.Buffer
-	opts := remotecommand.StreamOptions{Stdout: &stdout, Stderr: &stderr}
+	stdout, stderr := &limitedBuffer{max: maxAnswer + 1}, &limitedBuffer{max: 64 << 10}
+	opts := remotecommand.StreamOptions{Stdout: stdout, Stderr: stderr}
 	if stdin != nil {
 		opts.Stdin = bytes.NewReader(stdin)
 	}
 	if err := exec.StreamWithContext(ctx, opts); err != nil {
-		return stdout.Bytes(), fmt.Errorf("exec in %s/%s: %w (stderr: %s)", namespace, pod, err, tail(stderr.Bytes()))
+		return stdout.Bytes(), fmt.Errorf("exec in %s/%s: %w (stderr: %s)", namespace, pod, err, clean(tail(stderr.Bytes())))
 	}
 	return stdout.Bytes(), nil
+}
+
+// limitedBuffer keeps at most max bytes and drops the rest: an agent
+// cannot make the plugin hold more than that.
+type limitedBuffer struct {
+	bytes.Buffer
+	max int
+}
+
+func (b *limitedBuffer) Write(p []byte) (int, error) {
+	if room := b.max - b.Len(); room > 0 {
+		b.Buffer.Write(p[:min(len(p), room)])
+	}
+	return len(p), nil
 }
 
 func tail(b []byte) string {

@@ -2,6 +2,7 @@ package orchestrator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -11,91 +12,103 @@ import (
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/api"
 )
 
-// rotateKubelet gets the kubelet new certificates through the CSR API
-// (key generated on the node), installs them, restarts the kubelet and
-// waits until the node is Ready on its new credentials. A kubelet that does
-// not come back is rolled back to its previous files.
+// rotateKubelet gets the kubelet new certificates through the CSR API (key
+// generated on the node; the plugin checks every request before it creates
+// anything), then has the node install them as one transaction that
+// restarts the kubelet and proves the new certificates work, and finally
+// waits until the new kubelet renews the node's lease and the node is
+// Ready. A kubelet that does not get there is rolled back to its previous
+// files.
 func (r *Runner) rotateKubelet(ctx context.Context, ap agentPod, o RotateOptions, rep *Report) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("node %s: kubelet not started: %w", ap.node, ErrInterrupted)
+	}
 	r.logf("node %s: requesting new kubelet certificates", ap.node)
 	res, err := r.call(ctx, ap, api.Request{Action: api.KubeletCSR})
 	if err != nil {
 		return err
 	}
-	issued := map[string]string{}
-	for _, c := range res.CSRs {
-		certPEM, err := r.signCSR(ctx, ap.node, ap.run, c, o.Validity)
-		if err != nil {
-			return err
+	issued, err := r.signKubeletCSRs(ctx, ap, res.CSRs, o.Validity)
+	if err != nil {
+		if _, derr := r.call(r.drain(), ap, api.Request{Action: api.DiscardPending}); derr != nil {
+			err = fmt.Errorf("%w; removing the keys made for it: %v", err, derr)
 		}
-		issued[c.Name] = certPEM
+		return err
 	}
-	inst, err := r.call(ctx, ap, api.Request{Action: api.KubeletInstall, Issued: issued, Validity: o.Validity})
+	r.logf("node %s: installing the kubelet's certificates and restarting it", ap.node)
+	inst, err := r.change(ctx, ap, api.Request{Action: api.KubeletInstall, Issued: issued, Validity: o.Validity})
 	if err != nil {
 		return err
 	}
-	if err := r.restartKubelet(ctx, ap); err != nil {
+	r.addChanges(rep, ap.node, inst.Renew)
+	r.logRenew(ap.node, inst.Renew)
+	if err := r.waitLeaseRenewed(ctx, ap.node, inst.Kubelet); err != nil {
 		r.logf("node %s: %v; rolling the kubelet's files back", ap.node, err)
-		if _, rerr := r.call(ctx, ap, api.Request{Action: api.Rollback, Backup: inst.Renew.Backup}); rerr != nil {
+		if _, rerr := r.change(r.drain(), ap, api.Request{Action: api.Rollback, Backup: inst.Renew.Backup}); rerr != nil {
 			return fmt.Errorf("%w; rollback failed too: %v", err, rerr)
-		}
-		if rerr := r.restartKubelet(ctx, ap); rerr != nil {
-			return fmt.Errorf("%w; the kubelet's previous files were restored but it did not come back: %v", err, rerr)
 		}
 		return fmt.Errorf("%w; the kubelet's previous files were restored", err)
 	}
-	r.addChanges(rep, ap.node, inst.Renew)
 	return nil
 }
 
-// restartKubelet restarts the kubelet through systemd on the node and waits
-// for a new, healthy kubelet process that renews its node lease (proof it
-// authenticates to the API server with its new certificate) and a Ready node.
-func (r *Runner) restartKubelet(ctx context.Context, ap agentPod) error {
-	before, err := r.call(ctx, ap, api.Request{Action: api.KubeletStatus})
-	if err != nil {
-		return err
+// signKubeletCSRs checks every request of the node first (nothing is
+// created while any is refused), then has the cluster sign them.
+func (r *Runner) signKubeletCSRs(ctx context.Context, ap agentPod, csrs []api.CSR, validity time.Duration) (map[string]string, error) {
+	if len(csrs) == 0 || len(csrs) > len(csrKinds) {
+		return nil, fmt.Errorf("node %s: %w: %d certificate requests", ap.node, ErrCSRRefused, len(csrs))
 	}
-	r.logf("node %s: restarting kubelet", ap.node)
-	if _, err := r.call(ctx, ap, api.Request{Action: api.RestartKubelet}); err != nil {
-		return err
-	}
-	var last string
-	err = wait.PollUntilContextTimeout(ctx, r.poll(), r.Timeout, true, func(ctx context.Context) (bool, error) {
-		st, err := r.call(ctx, ap, api.Request{Action: api.KubeletStatus})
-		switch {
-		case err != nil:
-			last = err.Error()
-		case st.Kubelet.PID == before.Kubelet.PID:
-			last = "kubelet still runs as the old process"
-		case !st.Kubelet.Healthy:
-			last = "new kubelet is not healthy yet"
-		default:
-			return true, nil
+	var checked []*checkedCSR
+	seen := map[string]bool{}
+	for _, c := range csrs {
+		cc, err := checkCSR(ap.obj, c)
+		if err != nil {
+			return nil, err
 		}
-		return false, nil
-	})
-	if err != nil {
-		return fmt.Errorf("node %s: kubelet did not restart within %s: %s", ap.node, r.Timeout, last)
+		if seen[cc.name] {
+			return nil, fmt.Errorf("node %s: %w: %s requested twice", ap.node, ErrCSRRefused, cc.name)
+		}
+		seen[cc.name] = true
+		checked = append(checked, cc)
 	}
-	return r.waitLeaseRenewed(ctx, ap.node)
+	if !seen["kubelet-client"] {
+		return nil, fmt.Errorf("node %s: %w: no kubelet-client request", ap.node, ErrCSRRefused)
+	}
+	issued := map[string]string{}
+	for _, cc := range checked {
+		certPEM, err := r.signCSR(ctx, ap.node, ap.run, cc, validity)
+		if err != nil {
+			return nil, err
+		}
+		issued[cc.name] = certPEM
+	}
+	return issued, nil
 }
 
-// waitLeaseRenewed waits until the node's lease is renewed after now (only
-// the new kubelet runs, so it authenticated) and the node is Ready.
-func (r *Runner) waitLeaseRenewed(ctx context.Context, node string) error {
-	leases := r.Client.CoordinationV1().Leases("kube-node-lease")
-	lease, err := leases.Get(ctx, node, metav1.GetOptions{})
+// restartKubelet has the node restart its kubelet (the agent waits for a
+// new, healthy process) and waits until it renews the node's lease (proof it
+// authenticates to the API server) and the node is Ready.
+func (r *Runner) restartKubelet(ctx context.Context, ap agentPod) error {
+	r.logf("node %s: restarting kubelet", ap.node)
+	res, err := r.change(ctx, ap, api.Request{Action: api.RestartKubelet})
 	if err != nil {
-		return fmt.Errorf("node %s: reading its lease: %w", node, err)
+		return err
 	}
-	var first time.Time
-	if lease.Spec.RenewTime != nil {
-		first = lease.Spec.RenewTime.Time
+	return r.waitLeaseRenewed(ctx, ap.node, res.Kubelet)
+}
+
+// waitLeaseRenewed waits until the node's lease is renewed after the given
+// kubelet process started (both times come from the node's clock), so the
+// renewal is that process's, and the node is Ready.
+func (r *Runner) waitLeaseRenewed(ctx context.Context, node string, p *api.KubeletProcess) error {
+	if p == nil {
+		return errors.New("the agent did not report the new kubelet process")
 	}
+	leases := r.Client.CoordinationV1().Leases("kube-node-lease")
 	var last string
-	err = wait.PollUntilContextTimeout(ctx, r.poll(), r.Timeout, true, func(ctx context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(ctx, r.poll(), r.Timeout, true, func(ctx context.Context) (bool, error) {
 		l, err := leases.Get(ctx, node, metav1.GetOptions{})
-		if err != nil || l.Spec.RenewTime == nil || !l.Spec.RenewTime.After(first) {
+		if err != nil || l.Spec.RenewTime == nil || !l.Spec.RenewTime.After(p.StartedAt) {
 			last = "node lease not renewed by the new kubelet yet"
 			return false, nil
 		}

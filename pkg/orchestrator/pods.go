@@ -36,28 +36,59 @@ const (
 	containerName = "agent"
 )
 
+// Access is what an agent pod may do on its node; the pod gets the
+// mounts and privileges for that and nothing more.
+type Access struct {
+	// ReadOnly pods (status, --dry-run) are unprivileged, share no host
+	// namespace and mount /etc/kubernetes and /var/lib/kubelet/pki
+	// read-only.
+	ReadOnly bool
+	// ControlPlane: renews /etc/kubernetes and signals the static pods
+	// (host PID and network namespaces, privileged).
+	ControlPlane bool
+	// Kubelet: installs the kubelet's certificates in /var/lib/kubelet/pki
+	// (never all of /var/lib/kubelet, which holds every pod's secrets),
+	// reads its config.yaml and restarts it through systemd.
+	Kubelet bool
+}
+
 // PodSpecOptions shapes an agent pod.
 type PodSpecOptions struct {
-	Node  string
-	Image string
-	RunID string
-	// ReadOnly pods (status) mount the host read-only and get no
-	// privileges, no host PID namespace and no systemd socket.
-	ReadOnly bool
+	Node   string
+	Image  string
+	RunID  string
+	Access Access
+	// Idle ends the pod when the plugin sent nothing for this long.
+	Idle time.Duration
+	// Deadline is the pod's activeDeadlineSeconds: it never outlives it.
+	Deadline time.Duration
+	// Grace is how long a deleted pod may take to stop: the length of a
+	// node transaction, which always runs to its end.
+	Grace time.Duration
 }
 
 // AgentPod returns the pod that runs the agent on one node: pinned by
 // nodeName (no scheduler needed, works on cordoned nodes), tolerating every
-// taint, system-node-critical, privileged with the host's PID and network
-// namespaces (to signal static pods and handshake with their local ports).
+// taint, system-node-critical, with a deadline, and with only the mounts and
+// privileges its Access needs.
 func AgentPod(o PodSpecOptions) *corev1.Pod {
-	hostDirs := []struct{ name, path string }{
-		{"etc-kubernetes", "/etc/kubernetes"},
-		{"var-lib-kubelet", "/var/lib/kubelet"},
+	type hostPath struct {
+		name, path string
+		kind       corev1.HostPathType
+		readOnly   bool
 	}
-	if !o.ReadOnly {
-		hostDirs = append(hostDirs, struct{ name, path string }{"run-systemd", "/run/systemd"})
+	write := !o.Access.ReadOnly
+	kubelet := write && o.Access.Kubelet
+	mounts := []hostPath{
+		{"etc-kubernetes", "/etc/kubernetes", corev1.HostPathDirectory, !write},
+		{"kubelet-pki", "/var/lib/kubelet/pki", corev1.HostPathDirectory, !kubelet},
 	}
+	if kubelet {
+		mounts = append(mounts,
+			hostPath{"kubelet-config", "/var/lib/kubelet/config.yaml", corev1.HostPathFile, true},
+			hostPath{"run-systemd", "/run/systemd", corev1.HostPathDirectory, false})
+	}
+	command := []string{api.Binary, "agent", "serve", "--idle", o.Idle.String(), "--drain", o.Grace.String()}
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
 			GenerateName: "rotate-certs-" + truncate(o.Node, 40) + "-",
@@ -71,25 +102,30 @@ func AgentPod(o PodSpecOptions) *corev1.Pod {
 			PriorityClassName:             "system-node-critical",
 			AutomountServiceAccountToken:  ptr.To(false),
 			EnableServiceLinks:            ptr.To(false),
-			TerminationGracePeriodSeconds: ptr.To[int64](1),
-			HostPID:                       !o.ReadOnly,
-			HostNetwork:                   !o.ReadOnly,
+			TerminationGracePeriodSeconds: ptr.To(int64(max(o.Grace, time.Second) / time.Second)),
+			ActiveDeadlineSeconds:         ptr.To(int64(max(o.Deadline, time.Minute) / time.Second)),
+			HostPID:                       write,
+			HostNetwork:                   write,
 			Containers: []corev1.Container{{
 				Name:            containerName,
 				Image:           o.Image,
 				ImagePullPolicy: corev1.PullIfNotPresent,
-				Command:         []string{api.Binary, "agent", "serve"},
-				SecurityContext: &corev1.SecurityContext{Privileged: ptr.To(!o.ReadOnly), RunAsUser: ptr.To[int64](0)},
+				Command:         command,
+				SecurityContext: &corev1.SecurityContext{Privileged: ptr.To(write), RunAsUser: ptr.To[int64](0)},
 				VolumeMounts:    []corev1.VolumeMount{{Name: "results", MountPath: api.ResultsDir}},
 			}},
 			Volumes: []corev1.Volume{{Name: "results", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}},
 		},
 	}
-	for _, d := range hostDirs {
-		pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{Name: d.name, VolumeSource: corev1.VolumeSource{
-			HostPath: &corev1.HostPathVolumeSource{Path: d.path, Type: ptr.To(corev1.HostPathDirectory)}}})
+	if !write {
+		pod.Spec.Containers[0].SecurityContext.AllowPrivilegeEscalation = ptr.To(false)
+		pod.Spec.Containers[0].SecurityContext.Capabilities = &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}, Add: []corev1.Capability{"DAC_READ_SEARCH"}}
+	}
+	for _, m := range mounts {
+		pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{Name: m.name, VolumeSource: corev1.VolumeSource{
+			HostPath: &corev1.HostPathVolumeSource{Path: m.path, Type: ptr.To(m.kind)}}})
 		pod.Spec.Containers[0].VolumeMounts = append(pod.Spec.Containers[0].VolumeMounts,
-			corev1.VolumeMount{Name: d.name, MountPath: api.HostRoot + d.path, ReadOnly: o.ReadOnly})
+			corev1.VolumeMount{Name: m.name, MountPath: api.HostRoot + m.path, ReadOnly: m.readOnly})
 	}
 	return pod
 }
@@ -146,7 +182,8 @@ func startPod(ctx context.Context, c kubernetes.Interface, o PodSpecOptions, tim
 	return pod, nil
 }
 
-// deleteRunPods deletes every pod of this run. It uses its own context so
+// deleteRunPods deletes every pod of this run, each with its grace period
+// (it does not wait for them to be gone). It uses its own context so
 // cleanup also happens after Ctrl-C cancelled the run's context.
 func deleteRunPods(c kubernetes.Interface, runID string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -158,7 +195,9 @@ func deleteRunPods(c kubernetes.Interface, runID string) error {
 	}
 	var errs []error
 	for _, p := range list.Items {
-		err := pods.Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
+		// The pod's own grace period: its main process waits for a running
+		// transaction to end before it exits.
+		err := pods.Delete(ctx, p.Name, metav1.DeleteOptions{})
 		if err != nil && !apierrors.IsNotFound(err) {
 			errs = append(errs, err)
 		}

@@ -1,3 +1,9 @@
+// Package orchestrator runs on the user's machine. It finds the nodes,
+// starts one agent pod per node, drives the agents through their JSON
+// contract (pkg/api), gets kubelet certificates signed through the
+// CertificateSigningRequest API, orders the work (control planes one at a
+// time, workers with bounded parallelism), checks health, and always deletes
+// its pods.
 package orchestrator
 
 import (
@@ -32,30 +38,59 @@ func (p permission) String() string {
 	return s
 }
 
-// Preflight asks the API server (SelfSubjectAccessReview) whether the
-// current user may do everything the run needs, so missing RBAC is found
-// before any pod is started or file changed.
-func (r *Runner) Preflight(ctx context.Context, kubelet, kubeProxy bool) error {
-	perms := []permission{
+// The requests the plugin makes, by what it does. This is the one list:
+// the preflight checks it, and a test runs every command against a fake
+// cluster and fails if the code makes a request that is not on it.
+var (
+	permsAgents = []permission{
 		{verb: "list", resource: "nodes"},
+		{verb: "get", resource: "nodes"},
 		{verb: "create", resource: "pods", namespace: Namespace},
 		{verb: "get", resource: "pods", namespace: Namespace},
 		{verb: "list", resource: "pods", namespace: Namespace},
 		{verb: "delete", resource: "pods", namespace: Namespace},
 		{verb: "create", resource: "pods", subresource: "exec", namespace: Namespace},
 	}
-	if kubelet {
-		perms = append(perms,
-			permission{verb: "create", group: "certificates.k8s.io", resource: "certificatesigningrequests"},
-			permission{verb: "get", group: "certificates.k8s.io", resource: "certificatesigningrequests"},
-			permission{verb: "update", group: "certificates.k8s.io", resource: "certificatesigningrequests", subresource: "approval"},
-			permission{verb: "approve", group: "certificates.k8s.io", resource: "signers", name: certificatesv1.KubeAPIServerClientKubeletSignerName},
-			permission{verb: "get", group: "coordination.k8s.io", resource: "leases", namespace: "kube-node-lease"},
-		)
+	permsLock = []permission{
+		{verb: "get", group: "coordination.k8s.io", resource: "leases", namespace: Namespace, name: LeaseName},
+		{verb: "create", group: "coordination.k8s.io", resource: "leases", namespace: Namespace},
+		{verb: "update", group: "coordination.k8s.io", resource: "leases", namespace: Namespace, name: LeaseName},
 	}
-	if kubeProxy {
-		perms = append(perms, permission{verb: "patch", group: "apps", resource: "daemonsets", namespace: Namespace, name: "kube-proxy"})
+	// A restarted kubelet proves itself by renewing its node's lease.
+	permsKubeletRestart = []permission{
+		{verb: "get", group: "coordination.k8s.io", resource: "leases", namespace: "kube-node-lease"},
 	}
+	permsCSR = []permission{
+		{verb: "create", group: "certificates.k8s.io", resource: "certificatesigningrequests"},
+		{verb: "get", group: "certificates.k8s.io", resource: "certificatesigningrequests"},
+		{verb: "delete", group: "certificates.k8s.io", resource: "certificatesigningrequests"},
+		{verb: "update", group: "certificates.k8s.io", resource: "certificatesigningrequests", subresource: "approval"},
+		{verb: "approve", group: "certificates.k8s.io", resource: "signers", name: certificatesv1.KubeAPIServerClientKubeletSignerName},
+	}
+	permsServingCSR = []permission{
+		{verb: "approve", group: "certificates.k8s.io", resource: "signers", name: certificatesv1.KubeletServingSignerName},
+	}
+	permsKubeProxy = []permission{
+		{verb: "get", group: "apps", resource: "daemonsets", namespace: Namespace, name: "kube-proxy"},
+		{verb: "patch", group: "apps", resource: "daemonsets", namespace: Namespace, name: "kube-proxy"},
+	}
+)
+
+// permissions is what a command needs, from the list above.
+type permissions []permission
+
+func (p permissions) with(more ...[]permission) permissions {
+	out := append(permissions{}, p...)
+	for _, m := range more {
+		out = append(out, m...)
+	}
+	return out
+}
+
+// Preflight asks the API server (SelfSubjectAccessReview) whether the
+// current user may do everything a command will do, so missing RBAC is
+// found before any pod is started or file changed.
+func (r *Runner) Preflight(ctx context.Context, perms permissions) error {
 	var denied []string
 	for _, p := range perms {
 		review := &authorizationv1.SelfSubjectAccessReview{Spec: authorizationv1.SelfSubjectAccessReviewSpec{

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -26,6 +27,10 @@ type RotateOptions struct {
 	Restart     string // api.RestartNeeded or api.RestartAll
 	Parallelism int
 	DryRun      bool
+	// Resume skips, after an interrupted or failed run of the same
+	// services, the steps that run already completed on a node (its
+	// certificates were issued after that run began).
+	Resume bool
 }
 
 // Row is one certificate in the report.
@@ -42,8 +47,10 @@ type Row struct {
 // Report is the outcome of a rotation (or, in a dry run, its plan).
 type Report struct {
 	DryRun bool
-	Rows   []Row
-	Notes  []string
+	// Run names the run; its backups on the nodes carry it (rollback --run).
+	Run   string
+	Rows  []Row
+	Notes []string
 }
 
 func (rep *Report) note(format string, args ...any) {
@@ -73,9 +80,12 @@ func (o RotateOptions) renewServices() []string {
 }
 
 // Rotate renews the requested services' certificates on the selected
-// nodes. Every node is inspected and every renewal planned before any node
-// is changed; control planes go one at a time, each proven healthy before
-// the next; workers follow, Parallelism at a time. Agent pods are deleted
+// nodes. It holds the cluster's lock for the run. Every node is inspected
+// and every renewal planned before any node is changed; control planes go
+// one at a time, each proven healthy before the next; workers follow,
+// Parallelism at a time. When ctx ends (Ctrl-C) no new change starts, the
+// change in progress is waited for and reported, and the run is recorded
+// as interrupted so the next one resumes it. Agent pods are deleted
 // whatever happens.
 func (r *Runner) Rotate(ctx context.Context, o RotateOptions) (rep *Report, err error) {
 	rep = &Report{DryRun: o.DryRun}
@@ -85,10 +95,14 @@ func (r *Runner) Rotate(ctx context.Context, o RotateOptions) (rep *Report, err 
 	}
 	cpWork := len(o.renewServices()) > 0
 	var targets []corev1.Node
+	controlPlanes := 0
 	for _, n := range nodes {
 		cp := IsControlPlane(&n)
 		if (cp && cpWork) || o.has(pki.ServiceKubelet) {
 			targets = append(targets, n)
+			if cp {
+				controlPlanes++
+			}
 		} else if len(o.NodeNames) > 0 {
 			rep.note("node %s: nothing to rotate there for %s", n.Name, servicesString(o.Services))
 		}
@@ -96,41 +110,67 @@ func (r *Runner) Rotate(ctx context.Context, o RotateOptions) (rep *Report, err 
 	if cpWork && !anyControlPlane(targets) {
 		return rep, fmt.Errorf("%s live on control-plane nodes, and none is selected (control planes carry the label %s)", servicesString(o.Services), ControlPlaneLabels[0])
 	}
-	if err := r.Preflight(ctx, o.has(pki.ServiceKubelet), o.has(pki.ServiceKubeProxy) && !o.DryRun); err != nil {
+	if err := r.Preflight(ctx, o.permissions()); err != nil {
 		return rep, err
 	}
 
 	runID := newRunID()
+	rep.Run = runID
+	var lock *clusterLock
+	var prev *RunRecord
+	if !o.DryRun {
+		var serviceNames []string
+		for _, s := range o.Services {
+			serviceNames = append(serviceNames, string(s))
+		}
+		lock, prev, err = r.lockCluster(ctx, RunRecord{ID: runID, Kind: "rotate", Services: serviceNames, Validity: o.Validity, Started: time.Now().UTC()})
+		if err != nil {
+			return rep, err
+		}
+		defer func() {
+			state := RunCompleted
+			switch {
+			case ctx.Err() != nil:
+				state = RunInterrupted
+			case err != nil:
+				state = RunFailed
+			}
+			if lerr := lock.release(state); lerr != nil {
+				r.logf("recording the run's end on lease %s/%s: %v", Namespace, LeaseName, lerr)
+			}
+			if state == RunInterrupted {
+				err = fmt.Errorf("interrupted (%w); completed nodes: %s; run the same command again to resume: what this run completed is skipped", err, listOrNone(lock.record.Done))
+			}
+		}()
+	}
 	defer func() {
 		if derr := deleteRunPods(r.Client, runID); derr != nil {
 			err = errors.Join(err, fmt.Errorf("deleting agent pods (label %s=%s): %w", LabelRun, runID, derr))
 		}
 	}()
 	if len(targets) > 0 {
-		r.logf("Starting %d agent pod(s) (image %s)", len(targets), r.Image)
+		r.logf("Starting %d agent pod(s) (image %s, run %s)", len(targets), r.Image, runID)
 	}
-	agents, errs := r.startAgents(ctx, targets, runID, false, max(o.Parallelism, 4))
+	kubelet := o.has(pki.ServiceKubelet)
+	access := func(n *corev1.Node) Access {
+		return Access{ReadOnly: o.DryRun, ControlPlane: IsControlPlane(n) && cpWork, Kubelet: kubelet}
+	}
+	deadline := podDeadline(r.Timeout, controlPlanes, len(targets)-controlPlanes, o.Parallelism)
+	agents, errs := r.startAgents(ctx, targets, runID, access, deadline, max(o.Parallelism, 4))
+	stopPings := r.keepAlive(agents)
+	defer stopPings()
 	if err := errors.Join(errs...); err != nil {
 		return rep, fmt.Errorf("%w\nno file on any node was changed", err)
 	}
 
 	// Plan everywhere first: one bad node stops the run before any write.
-	inspects := make([]*api.InspectResult, len(agents))
-	errs = forEach(ctx, len(agents), max(o.Parallelism, 4), func(i int) error {
-		res, err := r.call(ctx, agents[i], api.Request{Action: api.Inspect, Services: servicesFor(o, agents[i]), Validity: o.Validity})
-		if err != nil {
-			return err
-		}
-		inspects[i] = res.Inspect
-		if len(res.Inspect.Problems) > 0 {
-			return fmt.Errorf("node %s: %s", agents[i].node, strings.Join(res.Inspect.Problems, "; "))
-		}
-		return nil
-	})
-	if err := errors.Join(errs...); err != nil {
+	inspects, err := r.inspectAll(ctx, agents, o)
+	if err != nil {
 		return rep, fmt.Errorf("%w\nno file on any node was changed", err)
 	}
+	servingByCSR := false
 	for i, in := range inspects {
+		servingByCSR = servingByCSR || in.ServingByCSR
 		for _, n := range in.Notes {
 			rep.note("node %s: %s", agents[i].node, n)
 		}
@@ -146,14 +186,23 @@ func (r *Runner) Rotate(ctx context.Context, o RotateOptions) (rep *Report, err 
 		}
 		return rep, nil
 	}
+	if kubelet && servingByCSR {
+		// Known only now: some kubelet's serving certificate comes from the
+		// kubelet-serving signer. Still before any change.
+		if err := r.Preflight(ctx, permsServingCSR); err != nil {
+			return rep, err
+		}
+	}
+	skip := r.resumePlan(prev, o, agents, inspects, rep)
 
 	for _, ap := range agents {
 		if !ap.controlPlane {
 			continue
 		}
-		if err := r.rotateNode(ctx, ap, o, rep); err != nil {
+		if err := r.rotateNode(ctx, ap, o, rep, skip[ap.node]); err != nil {
 			return rep, err
 		}
+		lock.nodeDone(ap.node)
 	}
 	var workers []agentPod
 	for _, ap := range agents {
@@ -163,7 +212,11 @@ func (r *Runner) Rotate(ctx context.Context, o RotateOptions) (rep *Report, err 
 	}
 	workerReps := make([]Report, len(workers))
 	errs = forEach(ctx, len(workers), o.Parallelism, func(i int) error {
-		return r.rotateNode(ctx, workers[i], o, &workerReps[i])
+		if err := r.rotateNode(ctx, workers[i], o, &workerReps[i], skip[workers[i].node]); err != nil {
+			return err
+		}
+		lock.nodeDone(workers[i].node)
+		return nil
 	})
 	for _, wr := range workerReps {
 		rep.Rows = append(rep.Rows, wr.Rows...)
@@ -172,12 +225,126 @@ func (r *Runner) Rotate(ctx context.Context, o RotateOptions) (rep *Report, err 
 	if err := errors.Join(errs...); err != nil {
 		return rep, err
 	}
+	if ctx.Err() != nil {
+		return rep, ctx.Err()
+	}
 	if o.has(pki.ServiceKubeProxy) {
 		if err := r.restartKubeProxy(ctx, rep); err != nil {
 			return rep, err
 		}
 	}
 	return rep, r.ensureNodesReady(ctx, agents, rep)
+}
+
+// permissions are what a rotation with these options needs.
+func (o RotateOptions) permissions() permissions {
+	p := permissions(permsAgents)
+	if o.DryRun {
+		return p
+	}
+	p = p.with(permsLock, permsKubeletRestart)
+	if o.has(pki.ServiceKubelet) {
+		p = p.with(permsCSR)
+	}
+	if o.has(pki.ServiceKubeProxy) {
+		p = p.with(permsKubeProxy)
+	}
+	return p
+}
+
+// inspectAll has every agent inspect its node and plan the renewal; any
+// node's problem is an error (and nothing has been changed).
+func (r *Runner) inspectAll(ctx context.Context, agents []agentPod, o RotateOptions) ([]*api.InspectResult, error) {
+	inspects := make([]*api.InspectResult, len(agents))
+	errs := forEach(ctx, len(agents), max(o.Parallelism, 4), func(i int) error {
+		res, err := r.call(ctx, agents[i], api.Request{Action: api.Inspect, Services: servicesFor(o, agents[i]), Validity: o.Validity, ReadOnly: o.DryRun})
+		if err != nil {
+			return err
+		}
+		if res.Inspect == nil {
+			return fmt.Errorf("node %s: the agent's inspection is empty", agents[i].node)
+		}
+		inspects[i] = res.Inspect
+		if len(res.Inspect.Problems) > 0 {
+			return fmt.Errorf("node %s: %s", agents[i].node, strings.Join(res.Inspect.Problems, "; "))
+		}
+		return nil
+	})
+	return inspects, errors.Join(errs...)
+}
+
+// skipSteps says which steps of a node an interrupted run already did.
+type skipSteps struct{ renew, kubelet bool }
+
+// resumePlan finds, after an interrupted or failed run of the same
+// services, the steps that run completed: a step is done on a node when
+// every certificate it renews there was issued after that run began.
+func (r *Runner) resumePlan(prev *RunRecord, o RotateOptions, agents []agentPod, inspects []*api.InspectResult, rep *Report) map[string]skipSteps {
+	skip := map[string]skipSteps{}
+	if prev == nil || prev.Kind != "rotate" || prev.State == RunCompleted {
+		return skip
+	}
+	var names []string
+	for _, s := range o.Services {
+		names = append(names, string(s))
+	}
+	if !slices.Equal(prev.Services, names) {
+		return skip
+	}
+	if !o.Resume {
+		rep.note("run %s of the same services was %s; --resume=false: every node is renewed again", prev.ID, prev.State)
+		return skip
+	}
+	fresh := func(p api.PlannedChange) bool {
+		// A new certificate's NotBefore is its issuing time minus at most
+		// pki.ClockSkew (ours and the cluster signer's backdating).
+		return p.NotBefore.Add(pki.ClockSkew + time.Minute).After(prev.Started)
+	}
+	renewing := map[string]bool{}
+	for _, s := range o.renewServices() {
+		renewing[s] = true
+	}
+	var skipped []string
+	for i, in := range inspects {
+		st := skipSteps{renew: true, kubelet: true}
+		nRenew, nKubelet := 0, 0
+		for _, p := range in.Plan {
+			switch {
+			case p.Service == string(pki.ServiceKubelet):
+				nKubelet++
+				st.kubelet = st.kubelet && fresh(p)
+			case renewing[p.Service]:
+				nRenew++
+				st.renew = st.renew && fresh(p)
+			}
+		}
+		st.renew = st.renew && nRenew > 0
+		st.kubelet = st.kubelet && nKubelet > 0
+		if st.renew || st.kubelet {
+			skip[agents[i].node] = st
+			skipped = append(skipped, fmt.Sprintf("%s (%s)", agents[i].node, st))
+		}
+	}
+	rep.note("resuming run %s (%s, begun %s): already done by it, and skipped: %s", prev.ID, prev.State, prev.Started.Format(time.RFC3339), listOrNone(skipped))
+	return skip
+}
+
+func (s skipSteps) String() string {
+	var parts []string
+	if s.renew {
+		parts = append(parts, "control-plane certificates")
+	}
+	if s.kubelet {
+		parts = append(parts, "kubelet")
+	}
+	return strings.Join(parts, ", ")
+}
+
+func listOrNone(s []string) string {
+	if len(s) == 0 {
+		return "none"
+	}
+	return strings.Join(s, ", ")
 }
 
 // servicesFor narrows the services to what exists on that node.
@@ -196,28 +363,36 @@ func servicesFor(o RotateOptions, ap agentPod) []string {
 }
 
 // rotateNode renews one node: its control-plane certificates (the agent
-// restarts or verifies the components), then its kubelet's.
-func (r *Runner) rotateNode(ctx context.Context, ap agentPod, o RotateOptions, rep *Report) error {
-	if services := o.renewServices(); ap.controlPlane && len(services) > 0 {
+// restarts or verifies the components), then its kubelet's; steps an
+// interrupted run already did are skipped.
+func (r *Runner) rotateNode(ctx context.Context, ap agentPod, o RotateOptions, rep *Report, skip skipSteps) error {
+	if services := o.renewServices(); ap.controlPlane && len(services) > 0 && !skip.renew {
 		r.logf("node %s: renewing %s", ap.node, strings.Join(services, ", "))
-		res, err := r.call(ctx, ap, api.Request{Action: api.Renew, Services: services, Validity: o.Validity, Restart: o.Restart})
+		res, err := r.change(ctx, ap, api.Request{Action: api.Renew, Services: services, Validity: o.Validity, Restart: o.Restart})
 		if err != nil {
 			return err
 		}
 		r.addChanges(rep, ap.node, res.Renew)
-		for _, v := range res.Renew.Verified {
-			r.logf("node %s: verified: %s", ap.node, v)
-		}
-		for _, s := range res.Renew.Restarted {
-			r.logf("node %s: restarted %s (pid %d -> %d) in %.1fs", ap.node, s.Component, s.OldPID, s.NewPID, s.Seconds)
-		}
+		r.logRenew(ap.node, res.Renew)
 	}
-	if o.has(pki.ServiceKubelet) {
+	if o.has(pki.ServiceKubelet) && !skip.kubelet {
 		if err := r.rotateKubelet(ctx, ap, o, rep); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+func (r *Runner) logRenew(node string, res *api.RenewResult) {
+	if res == nil {
+		return
+	}
+	for _, v := range res.Verified {
+		r.logf("node %s: verified: %s", node, v)
+	}
+	for _, s := range res.Restarted {
+		r.logf("node %s: restarted %s (pid %d -> %d) in %.1fs", node, s.Component, s.OldPID, s.NewPID, s.Seconds)
+	}
 }
 
 func (r *Runner) addChanges(rep *Report, node string, res *api.RenewResult) {

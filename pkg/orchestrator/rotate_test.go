@@ -3,6 +3,7 @@ package orchestrator
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -31,7 +32,8 @@ func fakeCluster(t *testing.T, cps, workers []string, denied ...string) *fake.Cl
 	var objs []runtime.Object
 	for _, n := range append(append([]string{}, cps...), workers...) {
 		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n, Labels: map[string]string{}},
-			Status: corev1.NodeStatus{Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}}}
+			Status: corev1.NodeStatus{Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}},
+				Addresses: []corev1.NodeAddress{{Type: corev1.NodeHostName, Address: n}, {Type: corev1.NodeInternalIP, Address: "192.0.2.10"}}}}
 		for _, c := range cps {
 			if c == n {
 				node.Labels["node-role.kubernetes.io/control-plane"] = ""
@@ -64,12 +66,15 @@ func fakeCluster(t *testing.T, cps, workers []string, denied ...string) *fake.Cl
 			return false, nil, nil
 		}
 		csr := a.(k8stesting.UpdateAction).GetObject().(*certificatesv1.CertificateSigningRequest).DeepCopy()
-		csr.Status.Certificate = []byte("issued-for-" + csr.Name)
+		csr.Status.Certificate = []byte("issued-for-" + csr.Name + "-" + csr.Spec.SignerName)
 		err := c.Tracker().Update(certificatesv1.SchemeGroupVersion.WithResource("certificatesigningrequests"), csr, "")
 		return true, csr, err
 	})
 	// Kubelets renew their leases all the time.
 	c.PrependReactor("get", "leases", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if a.GetNamespace() != "kube-node-lease" {
+			return false, nil, nil
+		}
 		now := metav1.NewMicroTime(time.Now())
 		return true, &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: a.(k8stesting.GetAction).GetName(), Namespace: "kube-node-lease"}, Spec: coordinationv1.LeaseSpec{RenewTime: &now}}, nil
 	})
@@ -97,14 +102,35 @@ type fakeAgents struct {
 	pid                        map[string]int
 	problems                   map[string]string // node -> inspect problem
 	failAction                 map[string]api.Action
+	failOutcome                api.Outcome // of failAction (default restored)
 	issued                     map[string]string
+	renewedAt                  map[string]time.Time // node -> when its certificates were renewed
+	// csrs, if set, answers KubeletCSR instead of the node's own request.
+	csrs func(node string) []api.CSR
+	// renewStarted is told each node whose Renew began; renewGate, if
+	// set, holds a Renew until it can be received from.
+	renewStarted chan string
+	renewGate    chan struct{}
 }
 
 func newFakeAgents(t *testing.T, c *fake.Clientset) *fakeAgents {
-	return &fakeAgents{client: c, pid: map[string]int{}, problems: map[string]string{}, failAction: map[string]api.Action{}, issued: map[string]string{}}
+	return &fakeAgents{client: c, pid: map[string]int{}, problems: map[string]string{}, failAction: map[string]api.Action{},
+		issued: map[string]string{}, renewedAt: map[string]time.Time{}}
+}
+
+// nodeCSR is the request an honest agent on node makes.
+func nodeCSR(node string) api.CSR {
+	_, csr, err := pki.NewCSR(pki.KubeletClientSubject(node), nil, nil, nil)
+	if err != nil {
+		panic(err)
+	}
+	return api.CSR{Name: "kubelet-client", Request: string(csr)}
 }
 
 func (f *fakeAgents) Exec(ctx context.Context, ns, pod, container string, cmd []string, stdin []byte) ([]byte, error) {
+	if stdin == nil {
+		return nil, nil // ping
+	}
 	var req api.Request
 	if err := json.Unmarshal(stdin, &req); err != nil {
 		return nil, err
@@ -112,15 +138,28 @@ func (f *fakeAgents) Exec(ctx context.Context, ns, pod, container string, cmd []
 	f.mu.Lock()
 	f.calls = append(f.calls, req.Node+" "+string(req.Action))
 	f.mu.Unlock()
-	res := api.Result{AgentVersion: version.Version, Node: req.Node}
+	res := api.Result{AgentVersion: version.Version, Node: req.Node, Outcome: api.Done}
 	if f.failAction[req.Node] == req.Action {
-		res.Error = "injected failure"
+		res.Outcome, res.Error = api.Restored, "injected failure"
+		if f.failOutcome != "" {
+			res.Outcome = f.failOutcome
+		}
 		return json.Marshal(res)
 	}
 	cp := strings.HasPrefix(req.Node, "cp")
 	switch req.Action {
 	case api.Inspect:
-		res.Inspect = &api.InspectResult{ControlPlane: cp, Plan: []api.PlannedChange{{Name: "apiserver", Serial: "1"}}}
+		f.mu.Lock()
+		at, ok := f.renewedAt[req.Node]
+		f.mu.Unlock()
+		nb := time.Now().Add(-300 * 24 * time.Hour)
+		if ok {
+			nb = at.Add(-pki.ClockSkew)
+		}
+		res.Inspect = &api.InspectResult{ControlPlane: cp, Plan: []api.PlannedChange{{Name: "kubelet-client", Service: "kubelet", Serial: "1", NotBefore: nb}}}
+		if cp {
+			res.Inspect.Plan = append(res.Inspect.Plan, api.PlannedChange{Name: "apiserver", Service: "kube-apiserver", Serial: "1", NotBefore: nb})
+		}
 		if p := f.problems[req.Node]; p != "" {
 			res.Inspect.Problems = []string{p}
 		}
@@ -128,28 +167,46 @@ func (f *fakeAgents) Exec(ctx context.Context, ns, pod, container string, cmd []
 		f.mu.Lock()
 		f.busyControlPlanes++
 		f.maxBusy = max(f.maxBusy, f.busyControlPlanes)
+		started, gate := f.renewStarted, f.renewGate
 		f.mu.Unlock()
+		if started != nil {
+			started <- req.Node
+		}
+		if gate != nil {
+			<-gate
+		}
 		time.Sleep(20 * time.Millisecond)
 		f.mu.Lock()
 		f.busyControlPlanes--
+		f.renewedAt[req.Node] = time.Now()
 		f.mu.Unlock()
-		res.Renew = &api.RenewResult{Changes: []api.Change{{Name: "apiserver", OldSerial: "1", NewSerial: "2"}}}
+		res.Renew = &api.RenewResult{Backup: "b0", Changes: []api.Change{{Name: "apiserver", OldSerial: "1", NewSerial: "2"}}}
 	case api.KubeletCSR:
-		res.CSRs = []api.CSR{{Name: "kubelet-client", SignerName: certificatesv1.KubeAPIServerClientKubeletSignerName, Request: "CSR-" + req.Node, Usages: []string{"digital signature", "client auth"}}}
+		if f.csrs != nil {
+			res.CSRs = f.csrs(req.Node)
+		} else {
+			res.CSRs = []api.CSR{nodeCSR(req.Node)}
+		}
 	case api.KubeletInstall:
 		f.mu.Lock()
 		f.issued[req.Node] = req.Issued["kubelet-client"]
+		f.pid[req.Node]++
+		res.Kubelet = &api.KubeletProcess{PID: 100 + f.pid[req.Node], StartedAt: time.Now().Add(-time.Second), Healthy: true}
 		f.mu.Unlock()
 		res.Renew = &api.RenewResult{Backup: "b1", Changes: []api.Change{{Name: "kubelet-client", OldSerial: "1", NewSerial: "2"}}}
 	case api.RestartKubelet:
 		f.mu.Lock()
 		f.pid[req.Node]++
+		res.Kubelet = &api.KubeletProcess{PID: 100 + f.pid[req.Node], StartedAt: time.Now().Add(-time.Second), Healthy: true}
 		f.mu.Unlock()
 	case api.KubeletStatus:
 		f.mu.Lock()
 		res.Kubelet = &api.KubeletProcess{PID: 100 + f.pid[req.Node], Healthy: true}
 		f.mu.Unlock()
+	case api.ListBackups:
+		res.Backups = []api.Backup{{Name: "b0", Run: "rc-00000000000000aa", Action: "renew", State: api.BackupCommitted, Created: time.Now(), Paths: []string{"/etc/kubernetes/admin.conf"}}}
 	case api.Rollback:
+		res.Renew = &api.RenewResult{Backup: "b2"}
 	}
 	return json.Marshal(res)
 }
@@ -209,11 +266,11 @@ func TestRotateOrdersControlPlanesOneAtATimeThenWorkers(t *testing.T) {
 	if lastCP > firstWorker {
 		t.Errorf("a worker started before the control planes were done: %v", f.calls)
 	}
-	if len(f.callsOf(api.RestartKubelet)) != 6 || len(f.issued) != 6 {
-		t.Errorf("kubelet restarted on %v, certificates issued for %v; want all 6 nodes", f.callsOf(api.RestartKubelet), f.issued)
+	if len(f.callsOf(api.KubeletInstall)) != 6 || len(f.issued) != 6 {
+		t.Errorf("kubelet installed on %v, certificates issued for %v; want all 6 nodes", f.callsOf(api.KubeletInstall), f.issued)
 	}
 	for n, cert := range f.issued {
-		if !strings.HasPrefix(cert, "issued-for-rotate-certs-"+n) {
+		if !strings.HasPrefix(cert, "issued-for-rotate-certs-"+n) || !strings.HasSuffix(cert, "-kubernetes.io/kube-apiserver-client-kubelet") {
 			t.Errorf("node %s got certificate %q, not the one its CSR was issued", n, cert)
 		}
 	}
@@ -263,18 +320,39 @@ func TestRotateCleansUpAfterAFailure(t *testing.T) {
 	}
 }
 
+// A kubelet whose new process never renews its node's lease is rolled
+// back by the plugin (the node's own checks passed, the cluster's did not).
 func TestRotateRollsBackAKubeletThatDoesNotComeBack(t *testing.T) {
 	c := fakeCluster(t, nil, []string{"w-1"})
+	c.PrependReactor("get", "leases", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		stale := metav1.NewMicroTime(time.Now().Add(-time.Hour))
+		return true, &coordinationv1.Lease{Spec: coordinationv1.LeaseSpec{RenewTime: &stale}}, nil
+	})
 	f := newFakeAgents(t, c)
-	f.failAction["w-1"] = api.RestartKubelet
 	o := allOptions()
 	o.Services = []pki.Service{pki.ServiceKubelet}
 	_, err := newTestRunner(c, f).Rotate(context.Background(), o)
-	if err == nil || !strings.Contains(err.Error(), "previous files") && !strings.Contains(err.Error(), "rollback") {
+	if err == nil || !strings.Contains(err.Error(), "node w-1: node lease not renewed") || !strings.Contains(err.Error(), "previous files were restored") {
 		t.Fatalf("got %v", err)
 	}
 	if len(f.callsOf(api.Rollback)) != 1 {
 		t.Errorf("rollback calls %v", f.callsOf(api.Rollback))
+	}
+}
+
+// A kubelet transaction the node restored itself is reported as such and
+// stops the run; nothing more is done to that node.
+func TestRotateStopsWhenANodeRestored(t *testing.T) {
+	c := fakeCluster(t, []string{"cp-1"}, []string{"w-1", "w-2"})
+	f := newFakeAgents(t, c)
+	f.failAction["cp-1"] = api.KubeletInstall
+	_, err := newTestRunner(c, f).Rotate(context.Background(), allOptions())
+	var ae *AgentError
+	if !errors.As(err, &ae) || ae.Node != "cp-1" || ae.Outcome != api.Restored {
+		t.Fatalf("got %v", err)
+	}
+	if calls := f.callsOf(api.KubeletCSR); len(calls) != 1 || len(f.callsOf(api.Rollback)) != 0 {
+		t.Errorf("after cp-1 restored: kubelet requests on %v, rollbacks %v", calls, f.callsOf(api.Rollback))
 	}
 }
 
@@ -309,13 +387,22 @@ func TestDryRunOnlyInspects(t *testing.T) {
 	if len(f.calls) != 2 || len(f.callsOf(api.Inspect)) != 2 {
 		t.Errorf("calls %v, want one inspect per node", f.calls)
 	}
-	if len(rep.Rows) != 2 || !rep.DryRun {
+	if len(rep.Rows) != 3 || !rep.DryRun {
 		t.Errorf("plan rows %v", rep.Rows)
 	}
 }
 
 func TestAgentPodSpec(t *testing.T) {
-	p := AgentPod(PodSpecOptions{Node: "node-1", Image: "img:v1", RunID: "rc-1"})
+	mounts := func(p *corev1.Pod) map[string]bool {
+		out := map[string]bool{}
+		for _, m := range p.Spec.Containers[0].VolumeMounts {
+			out[m.MountPath] = m.ReadOnly
+		}
+		return out
+	}
+	o := PodSpecOptions{Node: "node-1", Image: "img:v1", RunID: "rc-1", Access: Access{ControlPlane: true, Kubelet: true},
+		Idle: 5 * time.Minute, Deadline: time.Hour, Grace: 21 * time.Minute}
+	p := AgentPod(o)
 	s := p.Spec
 	c := s.Containers[0]
 	if s.NodeName != "node-1" || !s.HostPID || !s.HostNetwork || c.SecurityContext.Privileged == nil || !*c.SecurityContext.Privileged {
@@ -327,22 +414,33 @@ func TestAgentPodSpec(t *testing.T) {
 	if s.PriorityClassName != "system-node-critical" || p.Namespace != "kube-system" || p.Labels[LabelRun] != "rc-1" {
 		t.Errorf("priority %q namespace %q labels %v", s.PriorityClassName, p.Namespace, p.Labels)
 	}
-	mounts := map[string]bool{}
-	for _, m := range c.VolumeMounts {
-		mounts[m.MountPath] = m.ReadOnly
+	// A deadline, and a grace period that lets a transaction end.
+	if s.ActiveDeadlineSeconds == nil || *s.ActiveDeadlineSeconds != 3600 || s.TerminationGracePeriodSeconds == nil || *s.TerminationGracePeriodSeconds != 21*60 {
+		t.Errorf("deadline %v grace %v", s.ActiveDeadlineSeconds, s.TerminationGracePeriodSeconds)
 	}
-	for _, want := range []string{"/host/etc/kubernetes", "/host/var/lib/kubelet", "/host/run/systemd"} {
-		if ro, ok := mounts[want]; !ok || ro {
-			t.Errorf("mount %s missing or read-only", want)
-		}
+	if cmd := strings.Join(c.Command, " "); !strings.Contains(cmd, "--idle 5m0s") || !strings.Contains(cmd, "--drain 21m0s") {
+		t.Errorf("command %q", cmd)
 	}
-	ro := AgentPod(PodSpecOptions{Node: "node-1", Image: "img:v1", RunID: "rc-1", ReadOnly: true})
+	// Only what the work needs: never all of /var/lib/kubelet.
+	want := map[string]bool{"/host/etc/kubernetes": false, "/host/var/lib/kubelet/pki": false, "/host/var/lib/kubelet/config.yaml": true, "/host/run/systemd": false}
+	got := mounts(p)
+	delete(got, "/results")
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("mounts %v, want %v (path: read-only)", got, want)
+	}
+	o.Access = Access{ControlPlane: true}
+	got = mounts(AgentPod(o))
+	if got["/host/var/lib/kubelet/pki"] != true || len(got) != 3 {
+		t.Errorf("a control-plane-only pod mounts %v; the kubelet's files must be read-only and systemd absent", got)
+	}
+	o.Access = Access{ReadOnly: true}
+	ro := AgentPod(o)
 	if ro.Spec.HostPID || ro.Spec.HostNetwork || *ro.Spec.Containers[0].SecurityContext.Privileged {
 		t.Error("status pods must not be privileged or share host namespaces")
 	}
-	for _, m := range ro.Spec.Containers[0].VolumeMounts {
-		if strings.HasPrefix(m.MountPath, "/host") && !m.ReadOnly {
-			t.Errorf("status pod mounts %s writable", m.MountPath)
+	for path, readOnly := range mounts(ro) {
+		if strings.HasPrefix(path, "/host") && !readOnly {
+			t.Errorf("status pod mounts %s writable", path)
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -13,6 +14,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/api"
 )
 
 // Runner holds what every orchestration needs.
@@ -28,12 +31,58 @@ type Runner struct {
 	Timeout time.Duration
 	// Poll is the interval of waits (shortened in tests).
 	Poll time.Duration
+	// KeepBackups is how many runs' backups each node keeps.
+	KeepBackups int
+	// Drain ends when the user insists on stopping at once (a second
+	// Ctrl-C): a change in progress on a node is then no longer waited
+	// for (the node still finishes or restores it on its own). Until then,
+	// an interrupted run waits for it. Nil: background.
+	Drain context.Context
+
+	mu       sync.Mutex
+	inflight map[string]api.Action // node -> the change in progress there
+	lastCall map[string]time.Time  // agent pod -> when the plugin last spoke to it
 }
 
 func (r *Runner) logf(format string, args ...any) {
 	if r.Log != nil {
+		r.mu.Lock()
+		defer r.mu.Unlock()
 		fmt.Fprintf(r.Log, format+"\n", args...)
 	}
+}
+
+// InFlight describes the changes in progress on nodes, for an interrupted
+// run to tell the user what it waits for.
+func (r *Runner) InFlight() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for n, a := range r.inflight {
+		out = append(out, fmt.Sprintf("node %s (%s)", n, a))
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (r *Runner) setInFlight(node string, a api.Action) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.inflight == nil {
+		r.inflight = map[string]api.Action{}
+	}
+	if a == "" {
+		delete(r.inflight, node)
+	} else {
+		r.inflight[node] = a
+	}
+}
+
+func (r *Runner) drain() context.Context {
+	if r.Drain != nil {
+		return r.Drain
+	}
+	return context.Background()
 }
 
 func (r *Runner) poll() time.Duration {
@@ -106,21 +155,79 @@ func selectorNote(selector string) string {
 	return fmt.Sprintf(" (selector %q)", selector)
 }
 
-// startAgents starts one agent pod per node, parallelism at a time, and
-// returns them in node order. On error the pods already started are left
+// agentIdle is how long an agent pod waits for a request before it decides
+// the plugin is gone and exits; the plugin pings pods it keeps waiting.
+const agentIdle = 5 * time.Minute
+
+// startAgents starts one agent pod per node, parallelism at a time, with the
+// access access(node) gives, and returns them in node order. deadline is the
+// pods' activeDeadlineSeconds. On error the pods already started are left
 // for the caller's cleanup (deleteRunPods).
-func (r *Runner) startAgents(ctx context.Context, nodes []corev1.Node, runID string, readOnly bool, parallelism int) ([]agentPod, []error) {
+func (r *Runner) startAgents(ctx context.Context, nodes []corev1.Node, runID string, access func(*corev1.Node) Access, deadline time.Duration, parallelism int) ([]agentPod, []error) {
 	pods := make([]agentPod, len(nodes))
 	errs := forEach(ctx, len(nodes), parallelism, func(i int) error {
 		n := &nodes[i]
-		p, err := startPod(ctx, r.Client, PodSpecOptions{Node: n.Name, Image: r.Image, RunID: runID, ReadOnly: readOnly}, r.Timeout)
+		o := PodSpecOptions{Node: n.Name, Image: r.Image, RunID: runID, Access: access(n),
+			Idle: agentIdle, Deadline: deadline, Grace: api.TransactionTimeout(r.Timeout) + 30*time.Second}
+		p, err := startPod(ctx, r.Client, o, r.Timeout)
 		if err != nil {
 			return err
 		}
-		pods[i] = agentPod{node: n.Name, pod: p.Name, run: runID, controlPlane: IsControlPlane(n)}
+		pods[i] = agentPod{node: n.Name, pod: p.Name, run: runID, controlPlane: IsControlPlane(n), obj: n}
+		r.touched(p.Name)
 		return nil
 	})
 	return pods, errs
+}
+
+func (r *Runner) touched(pod string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.lastCall == nil {
+		r.lastCall = map[string]time.Time{}
+	}
+	r.lastCall[pod] = time.Now()
+}
+
+// keepAlive pings, until stop is closed, every agent pod the plugin has
+// not spoken to for a while, so pods waiting their turn do not think the
+// plugin is gone.
+func (r *Runner) keepAlive(pods []agentPod) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(agentIdle / 5)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			for _, ap := range pods {
+				r.mu.Lock()
+				last := r.lastCall[ap.pod]
+				r.mu.Unlock()
+				if ap.pod == "" || time.Since(last) < agentIdle/5 {
+					continue
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				if _, err := r.Exec.Exec(ctx, Namespace, ap.pod, containerName, []string{api.Binary, "agent", "ping"}, nil); err == nil {
+					r.touched(ap.pod)
+				}
+				cancel()
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
+}
+
+// podDeadline is the activeDeadlineSeconds of a run's agent pods: room for
+// two transactions per control plane and per batch of workers.
+func podDeadline(timeout time.Duration, controlPlanes, workers, parallelism int) time.Duration {
+	steps := controlPlanes + (workers+max(parallelism, 1)-1)/max(parallelism, 1) + 1
+	return time.Duration(steps)*2*api.TransactionTimeout(timeout) + 10*time.Minute
 }
 
 // forEach runs fn for 0..n-1 with at most parallelism at once and returns
@@ -152,3 +259,8 @@ func forEach(ctx context.Context, n, parallelism int, fn func(i int) error) []er
 
 // newRunID names one invocation; its pods and CSRs carry it as a label.
 func newRunID() string { return "rc-" + newID() }
+
+var runIDPattern = regexp.MustCompile(`^rc-[0-9a-f]{16}$`)
+
+// ValidRunID tells whether s looks like a run ID.
+func ValidRunID(s string) bool { return runIDPattern.MatchString(s) }

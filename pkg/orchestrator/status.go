@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -32,7 +33,7 @@ func (r *Runner) Status(ctx context.Context, names []string, selector string, pa
 	if len(names) > 0 {
 		nodes, unknown = pickNodes(nodes, names, selector)
 	}
-	if err := r.Preflight(ctx, false, false); err != nil {
+	if err := r.Preflight(ctx, permsAgents); err != nil {
 		return nil, err
 	}
 	runID := newRunID()
@@ -44,14 +45,16 @@ func (r *Runner) Status(ctx context.Context, names []string, selector string, pa
 	if len(nodes) == 0 {
 		return unknown, nil
 	}
-	agents, startErrs := r.startAgents(ctx, nodes, runID, true, max(parallelism, 4))
+	readOnly := func(*corev1.Node) Access { return Access{ReadOnly: true} }
+	agents, startErrs := r.startAgents(ctx, nodes, runID, readOnly, 2*r.Timeout+5*time.Minute, max(parallelism, 4))
+	defer r.keepAlive(agents)()
 	out = make([]NodeStatus, len(nodes))
 	errs := forEach(ctx, len(nodes), max(parallelism, 4), func(i int) error {
 		out[i] = NodeStatus{Node: nodes[i].Name, ControlPlane: IsControlPlane(&nodes[i])}
 		if startErrs[i] != nil {
 			return startErrs[i]
 		}
-		res, err := r.call(ctx, agents[i], api.Request{Action: api.Inspect})
+		res, err := r.call(ctx, agents[i], api.Request{Action: api.Inspect, ReadOnly: true})
 		if err != nil {
 			return err
 		}

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 
+	securejoin "github.com/cyphar/filepath-securejoin"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
@@ -23,7 +24,7 @@ var ErrMissing = errors.New("file does not exist")
 // ReadFile reads a file below root. A missing file yields an error wrapping
 // ErrMissing.
 func ReadFile(root, rel string) ([]byte, error) {
-	full, err := resolve(root, rel)
+	full, err := Resolve(root, rel)
 	if err != nil {
 		return nil, fmt.Errorf("reading /%s: %w", rel, err)
 	}
@@ -37,32 +38,28 @@ func ReadFile(root, rel string) ([]byte, error) {
 	return b, nil
 }
 
-// resolve follows symlinks below root as the host would: the kubelet links
-// kubelet-client-current.pem to an absolute host path, which inside the
-// agent pod lies below root.
-func resolve(root, rel string) (string, error) {
-	p := filepath.Join(root, rel)
-	for range 16 {
-		st, err := os.Lstat(p)
-		if err != nil || st.Mode()&fs.ModeSymlink == 0 {
-			return p, nil
-		}
-		target, err := os.Readlink(p)
-		if err != nil {
-			return "", err
-		}
-		if filepath.IsAbs(target) {
-			p = filepath.Join(root, target)
-		} else {
-			p = filepath.Join(filepath.Dir(p), target)
-		}
+// Resolve returns where rel lies below root, following every symbolic link
+// on the way as the host would, with root as "/": kubespray links
+// /etc/kubernetes/pki to /etc/kubernetes/ssl, and the kubelet links
+// kubelet-client-current.pem to an absolute host path; inside the agent pod
+// both lie below root. No link can lead outside root.
+func Resolve(root, rel string) (string, error) {
+	return securejoin.SecureJoin(root, rel)
+}
+
+// resolveParent resolves the directory of rel but not its last element:
+// the path of a symbolic link itself rather than of its target.
+func resolveParent(root, rel string) (string, error) {
+	dir, err := Resolve(root, filepath.Dir(rel))
+	if err != nil {
+		return "", err
 	}
-	return "", errors.New("too many levels of symbolic links")
+	return filepath.Join(dir, filepath.Base(rel)), nil
 }
 
 // Exists reports whether a file below root exists.
 func Exists(root, rel string) bool {
-	full, err := resolve(root, rel)
+	full, err := Resolve(root, rel)
 	if err != nil {
 		return false
 	}
@@ -144,22 +141,45 @@ func readKubeconfigUser(root, rel string) (*clientcmdapi.Config, *clientcmdapi.A
 	if err != nil {
 		return nil, nil, err
 	}
+	cfg, user, err := ParseKubeconfigUser(data)
+	if err != nil {
+		return nil, nil, fmt.Errorf("/%s: %w", rel, err)
+	}
+	return cfg, user, nil
+}
+
+// ParseKubeconfigUser parses a kubeconfig and returns the user of its
+// current context, which must embed its client certificate and key.
+func ParseKubeconfigUser(data []byte) (*clientcmdapi.Config, *clientcmdapi.AuthInfo, error) {
 	cfg, err := clientcmd.Load(data)
 	if err != nil {
-		return nil, nil, fmt.Errorf("/%s: not a valid kubeconfig: %w", rel, err)
+		return nil, nil, fmt.Errorf("not a valid kubeconfig: %w", err)
 	}
 	ctx, ok := cfg.Contexts[cfg.CurrentContext]
 	if !ok {
-		return nil, nil, fmt.Errorf("/%s: current context %q not found", rel, cfg.CurrentContext)
+		return nil, nil, fmt.Errorf("current context %q not found", cfg.CurrentContext)
 	}
 	user, ok := cfg.AuthInfos[ctx.AuthInfo]
 	if !ok {
-		return nil, nil, fmt.Errorf("/%s: user %q of the current context not found", rel, ctx.AuthInfo)
+		return nil, nil, fmt.Errorf("user %q of the current context not found", ctx.AuthInfo)
 	}
 	if len(user.ClientCertificateData) == 0 || len(user.ClientKeyData) == 0 {
-		return nil, nil, fmt.Errorf("/%s: user %q does not embed client-certificate-data and client-key-data; only embedded credentials are rotated", rel, ctx.AuthInfo)
+		return nil, nil, fmt.Errorf("user %q does not embed client-certificate-data and client-key-data; only embedded credentials are rotated", ctx.AuthInfo)
 	}
 	return cfg, user, nil
+}
+
+// CertificateIn returns the certificate a file holds: a PEM certificate
+// (the first of a bundle), or the client certificate a kubeconfig embeds.
+func CertificateIn(data []byte) (*x509.Certificate, error) {
+	if c, err := ParseCertificatePEM(data); err == nil {
+		return c, nil
+	}
+	_, user, err := ParseKubeconfigUser(data)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCertificatePEM(user.ClientCertificateData)
 }
 
 // readKeyPair reads the certificate and private key of an entry and checks

@@ -108,6 +108,7 @@ const (
 	KubeletSelfSignedCert = KubeletPKIDir + "/kubelet.crt"
 	KubeletSelfSignedKey  = KubeletPKIDir + "/kubelet.key"
 	KubeletKubeconfig     = "etc/kubernetes/kubelet.conf"
+	KubeletConfigFile     = "var/lib/kubelet/config.yaml"
 	ManifestsDir          = "etc/kubernetes/manifests"
 	PKIDir                = "etc/kubernetes/pki"
 )

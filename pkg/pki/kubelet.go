@@ -7,6 +7,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"net"
 	"time"
 )
 
@@ -15,23 +16,20 @@ func KubeletClientSubject(node string) pkix.Name {
 	return pkix.Name{CommonName: "system:node:" + node, Organization: []string{"system:nodes"}}
 }
 
-// NewCSR generates a new key on this node and a PKCS#10 request for it. The
-// key stays here; only the request travels. SANs are copied from like when
-// it is non-nil (the kubelet serving certificate keeps its names).
-func NewCSR(subject pkix.Name, like *x509.Certificate) (keyPEM, csrPEM []byte, err error) {
+// NewCSR generates a new key on this node, of the same algorithm and size
+// as keyLike (ECDSA P-256 when nil), and a PKCS#10 request for it naming
+// subject, dns and ips. The key stays here; only the request travels.
+func NewCSR(subject pkix.Name, keyLike crypto.PublicKey, dns []string, ips []net.IP) (keyPEM, csrPEM []byte, err error) {
 	var key crypto.Signer
-	if like != nil {
-		key, err = NewKeyLike(like.PublicKey)
+	if keyLike != nil {
+		key, err = NewKeyLike(keyLike)
 	} else {
 		key, err = NewECDSAKey()
 	}
 	if err != nil {
 		return nil, nil, err
 	}
-	req := &x509.CertificateRequest{Subject: subject}
-	if like != nil {
-		req.DNSNames, req.IPAddresses = like.DNSNames, like.IPAddresses
-	}
+	req := &x509.CertificateRequest{Subject: subject, DNSNames: dns, IPAddresses: ips}
 	der, err := x509.CreateCertificateRequest(rand.Reader, req, key)
 	if err != nil {
 		return nil, nil, fmt.Errorf("creating certificate request: %w", err)

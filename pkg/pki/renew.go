@@ -126,6 +126,9 @@ func (a *Authority) Sign(tmpl *x509.Certificate, pub crypto.PublicKey) (*x509.Ce
 		tmpl.NotAfter = a.Cert.NotAfter
 		capped = true
 	}
+	if !tmpl.NotAfter.After(tmpl.NotBefore) {
+		return nil, false, fmt.Errorf("CA %s expires %s, before the new certificate would begin: it cannot sign", a.CA.Name, a.Cert.NotAfter.UTC().Format(time.RFC3339))
+	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.Cert, pub, a.Key)
 	if err != nil {
 		return nil, false, fmt.Errorf("signing with CA %s: %w", a.CA.Name, err)
@@ -182,13 +185,6 @@ func EncodeKeyPEM(key crypto.Signer) ([]byte, error) {
 		return nil, err
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
-}
-
-// File is one file to write below the root.
-type File struct {
-	Path string // relative to the root
-	Data []byte
-	Mode uint32
 }
 
 // Renewal is the planned renewal of one inventory entry: the old and new

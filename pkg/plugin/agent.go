@@ -15,15 +15,23 @@ import (
 // hidden: users never call it.
 func newCmdAgent(streams genericiooptions.IOStreams) *cobra.Command {
 	cmd := &cobra.Command{Use: "agent", Hidden: true, Short: "Node agent (runs inside the agent pods)"}
-	cmd.AddCommand(&cobra.Command{
-		Use: "serve", Short: "Wait until stopped; actions are exec'd beside it", Args: cobra.NoArgs,
-		RunE: func(c *cobra.Command, _ []string) error { return agent.Serve(c.Context()) },
-	})
+	serve := agent.ServeOptions{ResultsDir: api.ResultsDir, Log: streams.ErrOut}
+	serveCmd := &cobra.Command{
+		Use: "serve", Short: "Wait until stopped, or until no request came for --idle; actions are exec'd beside it", Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error { return agent.Serve(c.Context(), serve) },
+	}
+	serveCmd.Flags().DurationVar(&serve.Idle, "idle", 0, "exit when no request came for this long (0: never)")
+	serveCmd.Flags().DurationVar(&serve.Drain, "drain", time.Minute, "when stopped, wait this long for running actions")
+	cmd.AddCommand(serveCmd)
 	cmd.AddCommand(&cobra.Command{
 		Use: "exec", Short: "Perform the JSON request read from stdin in a detached process; print its result", Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			return agent.Exec(context.Background(), streams.In, streams.Out, api.ResultsDir, agent.DetachedLauncher(api.ResultsDir))
 		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use: "ping", Short: "Tell the pod the plugin is still there", Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error { return agent.Ping(api.ResultsDir) },
 	})
 	var id string
 	run := &cobra.Command{

@@ -26,6 +26,10 @@ func TestRotateFlagValidation(t *testing.T) {
 		"no parallelism":    {[]string{"--all", "--parallelism", "0"}, "--parallelism must be at least 1"},
 		"empty node name":   {[]string{"--all", "--nodes", "a,,b"}, "empty node name"},
 		"arguments refused": {[]string{"--all", "extra"}, "unknown command"},
+		// expirationSeconds is an int32: 68 years would wrap around.
+		"validity overflows": {[]string{"--all", "--validity", "600000h"}, "longer than a CertificateSigningRequest can ask for"},
+		"no backups kept":    {[]string{"--all", "--keep-backups", "0"}, "--keep-backups must be at least 1"},
+		"bad rollback run":   {[]string{"rollback", "--run", "../etc"}, "is not a run ID"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -37,6 +41,17 @@ func TestRotateFlagValidation(t *testing.T) {
 				t.Errorf("got %v, want an error containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestNodesAreDeduplicated(t *testing.T) {
+	o := NewRotateOptions(genericiooptions.IOStreams{})
+	o.all, o.nodes, o.parallelism, o.timeout, o.image, o.restart, o.validity, o.keepBackups = true, []string{"a", " a", "b", "a"}, 1, time.Minute, "img", "needed", time.Hour, 1
+	if err := o.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(o.nodes, ",") != "a,b" {
+		t.Errorf("nodes %v, want a,b", o.nodes)
 	}
 }
 

@@ -42,7 +42,7 @@ Private keys never leave the node they live on.`,
 	cmd.SetOut(streams.Out)
 	cmd.SetErr(streams.ErrOut)
 	cmd.SetVersionTemplate("{{.Version}}\n")
-	cmd.AddCommand(newCmdVersion(streams), NewCmdStatus(streams), newCmdAgent(streams))
+	cmd.AddCommand(newCmdVersion(streams), NewCmdStatus(streams), NewCmdRollback(streams), newCmdAgent(streams))
 	return cmd
 }
 
@@ -51,9 +51,14 @@ type options interface {
 	Complete() error
 	Validate() error
 	Run(ctx context.Context) error
+	common() *commonFlags
 }
 
-// run drives a command's options; Ctrl-C cancels Run, which then cleans up.
+// run drives a command's options. The first Ctrl-C (or SIGTERM, or SIGHUP
+// from a closed terminal) ends ctx: no new change starts, and the change in
+// progress on a node is waited for and reported (the node ends it on its
+// own either way: all new files, or all restored). A second one stops the
+// waiting.
 func run(o options) error {
 	if err := o.Complete(); err != nil {
 		return err
@@ -61,8 +66,32 @@ func run(o options) error {
 	if err := o.Validate(); err != nil {
 		return err
 	}
-	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer cancel()
+	f := o.common()
+	ctx, interrupt := context.WithCancel(context.Background())
+	defer interrupt()
+	drain, insist := context.WithCancel(context.Background())
+	defer insist()
+	f.drain = drain
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case s := <-sigs:
+			f.interrupted(s)
+			interrupt()
+		case <-done:
+			return
+		}
+		select {
+		case <-sigs:
+			fmt.Fprintln(f.ErrOut, "interrupted again: no longer waiting; every node still ends its transaction on its own (all new files, or all restored)")
+			insist()
+		case <-done:
+		}
+	}()
 	return o.Run(ctx)
 }
 

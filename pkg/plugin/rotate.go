@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -35,7 +36,7 @@ const rotateExample = `  # Rotate every certificate on every node, keeping the C
   # Renew the kubelet certificates of two nodes
   kubectl rotate-certs --service kubelet --nodes node-a,node-b`
 
-// commonFlags are the node selection and agent flags rotate and status share.
+// commonFlags are the node selection and agent flags every command shares.
 type commonFlags struct {
 	configFlags *genericclioptions.ConfigFlags
 	genericiooptions.IOStreams
@@ -44,8 +45,24 @@ type commonFlags struct {
 	image       string
 	timeout     time.Duration
 	parallelism int
+	keepBackups int
 
 	runner *orchestrator.Runner
+	drain  context.Context
+}
+
+func (f *commonFlags) common() *commonFlags { return f }
+
+// interrupted tells the user what an interrupt does now.
+func (f *commonFlags) interrupted(s os.Signal) {
+	msg := fmt.Sprintf("\n%s: starting nothing new", s)
+	if f.runner != nil {
+		if busy := f.runner.InFlight(); len(busy) > 0 {
+			msg += fmt.Sprintf("; waiting up to %s for the change in progress on %s to end (interrupt again to stop waiting: the node still ends it on its own, all new files or all restored)",
+				api.TransactionTimeout(f.timeout), strings.Join(busy, ", "))
+		}
+	}
+	fmt.Fprintln(f.ErrOut, msg)
 }
 
 func (f *commonFlags) addFlags(cmd *cobra.Command) {
@@ -54,6 +71,18 @@ func (f *commonFlags) addFlags(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.image, "image", version.DefaultImage(), "Agent image run on the nodes (point it at your mirror in air-gapped clusters)")
 	cmd.Flags().DurationVar(&f.timeout, "timeout", 5*time.Minute, "Longest wait for any single step (pod start, component restart, CSR signing, node Ready)")
 	cmd.Flags().IntVar(&f.parallelism, "parallelism", 2, "Worker nodes worked on at the same time (control planes always go one at a time)")
+}
+
+// addChangeFlags are the flags of commands that change nodes.
+func (f *commonFlags) addChangeFlags(cmd *cobra.Command) {
+	cmd.Flags().IntVar(&f.keepBackups, "keep-backups", 3, "Runs whose backups each node keeps (they hold copies of replaced private keys; older ones are removed)")
+}
+
+func (f *commonFlags) validateChange() error {
+	if f.keepBackups < 1 {
+		return fmt.Errorf("--keep-backups must be at least 1 (the backup of the run itself), got %d", f.keepBackups)
+	}
+	return f.validate()
 }
 
 // connect builds the clients from the kubeconfig flags.
@@ -68,7 +97,7 @@ func (f *commonFlags) connect() error {
 	}
 	f.runner = &orchestrator.Runner{
 		Client: client, Exec: orchestrator.NewExecutor(config, client),
-		Image: f.image, Log: f.ErrOut, Timeout: f.timeout,
+		Image: f.image, Log: f.ErrOut, Timeout: f.timeout, KeepBackups: f.keepBackups, Drain: f.drain,
 	}
 	return nil
 }
@@ -83,11 +112,19 @@ func (f *commonFlags) validate() error {
 	if strings.TrimSpace(f.image) == "" {
 		return errors.New("--image must name the agent image")
 	}
+	seen := map[string]bool{}
+	var nodes []string
 	for _, n := range f.nodes {
-		if strings.TrimSpace(n) == "" {
+		n = strings.TrimSpace(n)
+		if n == "" {
 			return errors.New("--nodes contains an empty node name")
 		}
+		if !seen[n] {
+			seen[n] = true
+			nodes = append(nodes, n)
+		}
 	}
+	f.nodes = nodes
 	return nil
 }
 
@@ -99,6 +136,7 @@ type RotateOptions struct {
 	validity time.Duration
 	restart  string
 	dryRun   bool
+	resume   bool
 
 	resolved []pki.Service
 }
@@ -110,6 +148,7 @@ func NewRotateOptions(streams genericiooptions.IOStreams) *RotateOptions {
 
 func (o *RotateOptions) addFlags(cmd *cobra.Command) {
 	o.commonFlags.addFlags(cmd)
+	o.addChangeFlags(cmd)
 	names := make([]string, len(pki.Services))
 	for i, s := range pki.Services {
 		names[i] = string(s)
@@ -118,7 +157,8 @@ func (o *RotateOptions) addFlags(cmd *cobra.Command) {
 	cmd.Flags().StringSliceVar(&o.services, "service", nil, "Service(s) to rotate: "+strings.Join(names, ", "))
 	cmd.Flags().DurationVar(&o.validity, "validity", 8760*time.Hour, "Validity of the new certificates (capped at the CA's expiry)")
 	cmd.Flags().StringVar(&o.restart, "restart", api.RestartNeeded, "needed: restart only what cannot reload (kube-controller-manager, kube-scheduler, kubelet); all: also restart etcd and kube-apiserver so no connection keeps an old certificate")
-	cmd.Flags().BoolVar(&o.dryRun, "dry-run", false, "Print the plan (node, certificate, current expiry) and change nothing")
+	cmd.Flags().BoolVar(&o.dryRun, "dry-run", false, "Print the plan (node, certificate, current expiry) through read-only pods and change nothing")
+	cmd.Flags().BoolVar(&o.resume, "resume", true, "After an interrupted or failed run of the same services, skip what it already completed on each node")
 	o.configFlags.AddFlags(cmd.Flags())
 }
 
@@ -156,7 +196,10 @@ func (o *RotateOptions) Validate() error {
 	if o.validity < time.Hour {
 		return fmt.Errorf("--validity must be at least 1h, got %s", o.validity)
 	}
-	return o.validate()
+	if o.validity > orchestrator.MaxValidity {
+		return fmt.Errorf("--validity %s is longer than a CertificateSigningRequest can ask for (%s, its expirationSeconds is an int32); use a shorter one", o.validity, orchestrator.MaxValidity)
+	}
+	return o.validateChange()
 }
 
 // Run rotates and prints the report: progress on stderr, the table on stdout.
@@ -166,7 +209,7 @@ func (o *RotateOptions) Run(ctx context.Context) error {
 	}
 	rep, err := o.runner.Rotate(ctx, orchestrator.RotateOptions{
 		Services: o.resolved, NodeNames: o.nodes, Selector: o.selector, Validity: o.validity,
-		Restart: o.restart, Parallelism: o.parallelism, DryRun: o.dryRun,
+		Restart: o.restart, Parallelism: o.parallelism, DryRun: o.dryRun, Resume: o.resume,
 	})
 	if rep != nil {
 		printReport(o.Out, o.ErrOut, rep)
@@ -197,6 +240,8 @@ func printReport(out, errOut io.Writer, rep *orchestrator.Report) {
 	w.Flush()
 	if rep.DryRun {
 		fmt.Fprintln(errOut, "dry run: nothing was changed")
+	} else if rep.Run != "" {
+		fmt.Fprintf(errOut, "run %s: the nodes keep backups of the replaced files; undo it with: kubectl rotate-certs rollback --run %s\n", rep.Run, rep.Run)
 	}
 }
 

@@ -22,6 +22,29 @@ import (
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/pki"
 )
 
+// NodeIP is the address generated nodes have: TEST-NET-1 (RFC 5737), which
+// is never routed, so nothing a test did not start itself can answer there.
+const NodeIP = "192.0.2.10"
+
+// Endpoints are where a control plane's components listen (host:port),
+// as its static pod manifests say. Tests point them at their own servers.
+type Endpoints struct {
+	APIServer     string // kube-apiserver's secure port (its readiness probe too)
+	EtcdClient    string // etcd's client URL (127.0.0.1 in kubeadm's layout)
+	EtcdPeer      string
+	EtcdHealth    string // etcd's plain HTTP metrics/health port
+	ControllerMgr string // kube-controller-manager's health endpoint (HTTPS)
+	Scheduler     string // kube-scheduler's health endpoint (HTTPS)
+}
+
+// DefaultEndpoints are kubeadm's ports on NodeIP.
+func DefaultEndpoints() Endpoints {
+	return Endpoints{
+		APIServer: NodeIP + ":6443", EtcdClient: "127.0.0.1:2379", EtcdPeer: NodeIP + ":2380",
+		EtcdHealth: "127.0.0.1:2381", ControllerMgr: "127.0.0.1:10257", Scheduler: "127.0.0.1:10259",
+	}
+}
+
 // Algorithm is the key type of the generated PKI.
 type Algorithm string
 
@@ -116,7 +139,7 @@ func (n *Node) Leaf(t testing.TB, a *pki.Authority, subject pkix.Name, dns []str
 func (n *Node) kubeconfig(t testing.TB, rel, user string, certPEM, keyPEM []byte, caPEM []byte) {
 	t.Helper()
 	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["kubernetes"] = &clientcmdapi.Cluster{Server: "https://172.18.0.2:6443", CertificateAuthorityData: caPEM}
+	cfg.Clusters["kubernetes"] = &clientcmdapi.Cluster{Server: "https://" + NodeIP + ":6443", CertificateAuthorityData: caPEM}
 	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{ClientCertificateData: certPEM, ClientKeyData: keyPEM}
 	cfg.Contexts[user+"@kubernetes"] = &clientcmdapi.Context{Cluster: "kubernetes", AuthInfo: user}
 	cfg.CurrentContext = user + "@kubernetes"
@@ -140,7 +163,7 @@ func ControlPlane(t testing.TB, root, name string, alg Algorithm) *Node {
 	ca := n.NewCA(t, pki.ClusterCA, "kubernetes")
 	etcdCA := n.NewCA(t, pki.EtcdCA, "etcd-ca")
 	fpCA := n.NewCA(t, pki.FrontProxyCA, "front-proxy-ca")
-	ip := net.ParseIP("172.18.0.2")
+	ip := net.ParseIP(NodeIP)
 	leaves := []struct {
 		base string
 		a    *pki.Authority
@@ -174,10 +197,7 @@ func ControlPlane(t testing.TB, root, name string, alg Algorithm) *Node {
 		c, k := n.Leaf(t, ca, pkix.Name{CommonName: kc.user, Organization: org}, nil, nil, client)
 		n.kubeconfig(t, "etc/kubernetes/"+kc.file, kc.user, c, k, caPEM)
 	}
-	n.write(t, "etc/kubernetes/manifests/kube-apiserver.yaml", []byte(apiserverManifest), 0o600)
-	n.write(t, "etc/kubernetes/manifests/etcd.yaml", []byte(etcdManifest), 0o600)
-	n.write(t, "etc/kubernetes/manifests/kube-controller-manager.yaml", []byte(fmt.Sprintf(simpleManifest, "kube-controller-manager", 10257)), 0o600)
-	n.write(t, "etc/kubernetes/manifests/kube-scheduler.yaml", []byte(fmt.Sprintf(simpleManifest, "kube-scheduler", 10259)), 0o600)
+	n.WriteManifests(t, DefaultEndpoints())
 	n.kubelet(t, ca)
 	return n
 }
@@ -209,7 +229,7 @@ func (n *Node) kubelet(t testing.TB, ca *pki.Authority) {
 	n.write(t, pki.KubeletSelfSignedKey, sk, 0o600)
 	_ = os.RemoveAll(filepath.Join(n.Root, "tmp"))
 	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["kubernetes"] = &clientcmdapi.Cluster{Server: "https://172.18.0.2:6443", CertificateAuthorityData: pki.EncodeCertPEM(ca.Cert)}
+	cfg.Clusters["kubernetes"] = &clientcmdapi.Cluster{Server: "https://" + NodeIP + ":6443", CertificateAuthorityData: pki.EncodeCertPEM(ca.Cert)}
 	cfg.AuthInfos["default-auth"] = &clientcmdapi.AuthInfo{ClientCertificate: "/" + pki.KubeletClientCurrent, ClientKey: "/" + pki.KubeletClientCurrent}
 	cfg.Contexts["default"] = &clientcmdapi.Context{Cluster: "kubernetes", AuthInfo: "default-auth"}
 	cfg.CurrentContext = "default"
@@ -220,15 +240,51 @@ func (n *Node) kubelet(t testing.TB, ca *pki.Authority) {
 	n.write(t, pki.KubeletKubeconfig, data, 0o600)
 }
 
+// WriteManifests writes the control plane's static pod manifests (as far as
+// the agent reads them: flags, ports, probes) for the given endpoints.
+func (n *Node) WriteManifests(t testing.TB, ep Endpoints) {
+	t.Helper()
+	split := func(hp string) (string, string) {
+		h, p, err := net.SplitHostPort(hp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h, p
+	}
+	apiHost, apiPort := split(ep.APIServer)
+	n.write(t, "etc/kubernetes/manifests/kube-apiserver.yaml", []byte(fmt.Sprintf(apiserverManifest, apiPort, apiHost)), 0o600)
+	healthHost, healthPort := split(ep.EtcdHealth)
+	n.write(t, "etc/kubernetes/manifests/etcd.yaml", []byte(fmt.Sprintf(etcdManifest, ep.EtcdClient, ep.EtcdPeer, healthPort, healthHost)), 0o600)
+	for name, hp := range map[string]string{"kube-controller-manager": ep.ControllerMgr, "kube-scheduler": ep.Scheduler} {
+		h, p := split(hp)
+		n.write(t, "etc/kubernetes/manifests/"+name+".yaml", []byte(fmt.Sprintf(simpleManifest, name, p, h)), 0o600)
+	}
+}
+
+// SetServer points a kubeconfig below the root at server.
+func (n *Node) SetServer(t testing.TB, rel, server string) {
+	t.Helper()
+	cfg, err := clientcmd.LoadFromFile(filepath.Join(n.Root, rel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cfg.Clusters {
+		c.Server = server
+	}
+	if err := clientcmd.WriteToFile(*cfg, filepath.Join(n.Root, rel)); err != nil {
+		t.Fatal(err)
+	}
+}
+
 const apiserverManifest = `apiVersion: v1
 kind: Pod
 metadata: {name: kube-apiserver, namespace: kube-system}
 spec:
   containers:
   - name: kube-apiserver
-    command: [kube-apiserver, --secure-port=6443, --etcd-servers=https://127.0.0.1:2379]
-    ports: [{containerPort: 6443, name: probe-port, protocol: TCP}]
-    readinessProbe: {httpGet: {host: 172.18.0.2, path: /readyz, port: probe-port, scheme: HTTPS}}
+    command: [kube-apiserver, --secure-port=%[1]s, --etcd-servers=https://127.0.0.1:2379]
+    ports: [{containerPort: %[1]s, name: probe-port, protocol: TCP}]
+    readinessProbe: {httpGet: {host: %[2]s, path: /readyz, port: probe-port, scheme: HTTPS}}
 `
 
 const etcdManifest = `apiVersion: v1
@@ -237,9 +293,9 @@ metadata: {name: etcd, namespace: kube-system}
 spec:
   containers:
   - name: etcd
-    command: [etcd, --listen-client-urls=https://127.0.0.1:2379,https://172.18.0.2:2379, --listen-peer-urls=https://172.18.0.2:2380]
-    ports: [{containerPort: 2381, name: probe-port, protocol: TCP}]
-    livenessProbe: {httpGet: {host: 127.0.0.1, path: /livez, port: probe-port, scheme: HTTP}}
+    command: [etcd, --listen-client-urls=https://%[1]s, --listen-peer-urls=https://%[2]s]
+    ports: [{containerPort: %[3]s, name: probe-port, protocol: TCP}]
+    livenessProbe: {httpGet: {host: %[4]s, path: /livez, port: probe-port, scheme: HTTP}}
 `
 
 const simpleManifest = `apiVersion: v1
@@ -249,18 +305,32 @@ spec:
   containers:
   - name: %[1]s
     command: [%[1]s, --bind-address=127.0.0.1]
-    ports: [{containerPort: %[2]d, name: probe-port, protocol: TCP}]
-    livenessProbe: {httpGet: {host: 127.0.0.1, path: /healthz, port: probe-port, scheme: HTTPS}}
+    ports: [{containerPort: %[2]s, name: probe-port, protocol: TCP}]
+    livenessProbe: {httpGet: {host: %[3]s, path: /healthz, port: probe-port, scheme: HTTPS}}
 `
 
 // ServingByCSR gives the node a cluster-signed kubelet serving certificate
 // in a rotating file, as the kubelet keeps it with serverTLSBootstrap.
 func (n *Node) ServingByCSR(t testing.TB, ca *pki.Authority) {
 	t.Helper()
-	c, k := n.Leaf(t, ca, pki.KubeletClientSubject(n.Name), []string{n.Name}, []net.IP{net.ParseIP("172.18.0.2")}, server)
+	c, k := n.Leaf(t, ca, pki.KubeletClientSubject(n.Name), []string{n.Name}, []net.IP{net.ParseIP(NodeIP)}, server)
 	file := pki.KubeletRotatedName("kubelet-server", n.Start)
 	n.write(t, file, pki.KubeletBundle(c, k), 0o600)
 	if err := os.Symlink("/"+file, filepath.Join(n.Root, pki.KubeletServerCurrent)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// KubesprayLayout moves the node's certificates to /etc/kubernetes/ssl and
+// links /etc/kubernetes/pki to it with an absolute target, as kubespray
+// does.
+func KubesprayLayout(t testing.TB, root string) {
+	t.Helper()
+	pkiDir, sslDir := filepath.Join(root, pki.PKIDir), filepath.Join(root, "etc/kubernetes/ssl")
+	if err := os.Rename(pkiDir, sslDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/etc/kubernetes/ssl", pkiDir); err != nil {
 		t.Fatal(err)
 	}
 }
