@@ -72,6 +72,7 @@ func (r *Runner) lockCluster(ctx context.Context, rec RunRecord) (*clusterLock, 
 	for attempt := 0; ; attempt++ {
 		now := metav1.NowMicro()
 		l, err := leases.Get(ctx, LeaseName, metav1.GetOptions{})
+		exists := err == nil
 		if apierrors.IsNotFound(err) {
 			l = &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: LeaseName, Namespace: Namespace,
 				Labels: map[string]string{LabelApp: AppName}}}
@@ -109,7 +110,7 @@ func (r *Runner) lockCluster(ctx context.Context, rec RunRecord) (*clusterLock, 
 		l.Spec.HolderIdentity = ptr.To(rec.Holder + ", run " + rec.ID)
 		l.Spec.LeaseDurationSeconds = ptr.To(int32(leaseDuration / time.Second))
 		l.Spec.AcquireTime, l.Spec.RenewTime = &now, &now
-		if l.ResourceVersion == "" {
+		if !exists {
 			_, err = leases.Create(ctx, l, metav1.CreateOptions{})
 		} else {
 			_, err = leases.Update(ctx, l, metav1.UpdateOptions{})

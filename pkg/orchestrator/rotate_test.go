@@ -104,7 +104,8 @@ type fakeAgents struct {
 	failAction                 map[string]api.Action
 	failOutcome                api.Outcome // of failAction (default restored)
 	issued                     map[string]string
-	renewedAt                  map[string]time.Time // node -> when its certificates were renewed
+	renewedAt                  map[string]time.Time // node -> when its control-plane certificates were renewed
+	kubeletAt                  map[string]time.Time // node -> when its kubelet's were
 	// csrs, if set, answers KubeletCSR instead of the node's own request.
 	csrs func(node string) []api.CSR
 	// renewStarted is told each node whose Renew began; renewGate, if
@@ -115,7 +116,7 @@ type fakeAgents struct {
 
 func newFakeAgents(t *testing.T, c *fake.Clientset) *fakeAgents {
 	return &fakeAgents{client: c, pid: map[string]int{}, problems: map[string]string{}, failAction: map[string]api.Action{},
-		issued: map[string]string{}, renewedAt: map[string]time.Time{}}
+		issued: map[string]string{}, renewedAt: map[string]time.Time{}, kubeletAt: map[string]time.Time{}}
 }
 
 // nodeCSR is the request an honest agent on node makes.
@@ -150,16 +151,17 @@ func (f *fakeAgents) Exec(ctx context.Context, ns, pod, container string, cmd []
 	switch req.Action {
 	case api.Inspect:
 		f.mu.Lock()
-		at, ok := f.renewedAt[req.Node]
-		f.mu.Unlock()
-		nb := time.Now().Add(-300 * 24 * time.Hour)
-		if ok {
-			nb = at.Add(-pki.ClockSkew)
+		notBefore := func(at map[string]time.Time) time.Time {
+			if t, ok := at[req.Node]; ok {
+				return t.Add(-pki.ClockSkew)
+			}
+			return time.Now().Add(-300 * 24 * time.Hour)
 		}
-		res.Inspect = &api.InspectResult{ControlPlane: cp, Plan: []api.PlannedChange{{Name: "kubelet-client", Service: "kubelet", Serial: "1", NotBefore: nb}}}
+		res.Inspect = &api.InspectResult{ControlPlane: cp, Plan: []api.PlannedChange{{Name: "kubelet-client", Service: "kubelet", Serial: "1", NotBefore: notBefore(f.kubeletAt)}}}
 		if cp {
-			res.Inspect.Plan = append(res.Inspect.Plan, api.PlannedChange{Name: "apiserver", Service: "kube-apiserver", Serial: "1", NotBefore: nb})
+			res.Inspect.Plan = append(res.Inspect.Plan, api.PlannedChange{Name: "apiserver", Service: "kube-apiserver", Serial: "1", NotBefore: notBefore(f.renewedAt)})
 		}
+		f.mu.Unlock()
 		if p := f.problems[req.Node]; p != "" {
 			res.Inspect.Problems = []string{p}
 		}
@@ -190,6 +192,7 @@ func (f *fakeAgents) Exec(ctx context.Context, ns, pod, container string, cmd []
 	case api.KubeletInstall:
 		f.mu.Lock()
 		f.issued[req.Node] = req.Issued["kubelet-client"]
+		f.kubeletAt[req.Node] = time.Now()
 		f.pid[req.Node]++
 		res.Kubelet = &api.KubeletProcess{PID: 100 + f.pid[req.Node], StartedAt: time.Now().Add(-time.Second), Healthy: true}
 		f.mu.Unlock()
@@ -228,7 +231,7 @@ func newTestRunner(c *fake.Clientset, f *fakeAgents) *Runner {
 }
 
 func allOptions() RotateOptions {
-	return RotateOptions{Services: append(append([]pki.Service{}, pki.Services...), pki.ServiceAdmin), Validity: time.Hour * 8760, Restart: api.RestartNeeded, Parallelism: 2}
+	return RotateOptions{Services: append(append([]pki.Service{}, pki.Services...), pki.ServiceAdmin), Validity: time.Hour * 8760, Restart: api.RestartNeeded, Parallelism: 2, Resume: true}
 }
 
 func remainingPods(t *testing.T, c *fake.Clientset) int {
@@ -325,6 +328,9 @@ func TestRotateCleansUpAfterAFailure(t *testing.T) {
 func TestRotateRollsBackAKubeletThatDoesNotComeBack(t *testing.T) {
 	c := fakeCluster(t, nil, []string{"w-1"})
 	c.PrependReactor("get", "leases", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if a.GetNamespace() != "kube-node-lease" {
+			return false, nil, nil
+		}
 		stale := metav1.NewMicroTime(time.Now().Add(-time.Hour))
 		return true, &coordinationv1.Lease{Spec: coordinationv1.LeaseSpec{RenewTime: &stale}}, nil
 	})
