@@ -5,14 +5,14 @@ VERSION ?= $(shell hack/version.sh)
 LDFLAGS := -s -w -buildid= -X github.com/rotate-certs/kubectl-rotate-certs/pkg/version.Version=$(VERSION)
 BIN := bin/kubectl-rotate_certs
 
-.PHONY: build test test-unit e2e demo image dist test-krew lint vet clean
+.PHONY: build test test-unit fuzz e2e demo image dist test-krew lint vet clean
 
 build:
 	CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/kubectl-rotate_certs
 
-# Everything CI runs: vet, gofmt and golangci-lint, unit tests, krew packaging
-# tests, and the kind e2e suite.
-test: vet lint test-unit test-krew e2e
+# Everything CI runs: vet, gofmt and golangci-lint, unit tests, fuzzing,
+# krew packaging tests, and the kind e2e suite.
+test: vet lint test-unit fuzz test-krew e2e
 
 vet:
 	go vet ./...
@@ -21,6 +21,11 @@ vet:
 
 test-unit:
 	go test -short -count=1 ./...
+
+# Every fuzz target of the parsers of node-supplied data, briefly
+# (FUZZTIME, default 10s each), from the committed seed corpus.
+fuzz:
+	hack/fuzz.sh
 
 e2e:
 	VERSION=$(VERSION) hack/e2e.sh
