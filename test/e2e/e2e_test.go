@@ -212,7 +212,16 @@ func (e *env) checkServes(after map[string]*snapshot) {
 		if got, want := servedSerial(e.t, net.JoinHostPort(ip, "6443"), nil), s.cert(e.t, inv["apiserver"]).SerialNumber.String(); got != want {
 			e.t.Errorf("node %s: kube-apiserver serves serial %s, the file has %s", n, got, want)
 		}
-		client, err := tls.LoadX509KeyPair(filepath.Join(s.root, "etc/kubernetes/pki/etcd/healthcheck-client.crt"), filepath.Join(s.root, "etc/kubernetes/pki/etcd/healthcheck-client.key"))
+		// Read as the agent does: the pki folder may be a link (kubespray).
+		certPEM, err := pki.ReadFile(s.root, "etc/kubernetes/pki/etcd/healthcheck-client.crt")
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		keyPEM, err := pki.ReadFile(s.root, "etc/kubernetes/pki/etcd/healthcheck-client.key")
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		client, err := tls.X509KeyPair(certPEM, keyPEM)
 		if err != nil {
 			e.t.Fatal(err)
 		}
@@ -280,7 +289,7 @@ func (e *env) checkRenewed(before, after map[string]*snapshot, services ...pki.S
 				fmt.Sprint(oc.IPAddresses) != fmt.Sprint(nc.IPAddresses) || oc.KeyUsage != nc.KeyUsage || !reflect.DeepEqual(oc.ExtKeyUsage, nc.ExtKeyUsage) {
 				e.t.Errorf("node %s: %s changed identity: subject %q->%q DNS %v->%v IP %v->%v", n, c.Name, oc.Subject, nc.Subject, oc.DNSNames, nc.DNSNames, oc.IPAddresses, nc.IPAddresses)
 			}
-			caPEM, err := os.ReadFile(filepath.Join(a.root, c.CA.CertFile))
+			caPEM, err := pki.ReadFile(a.root, c.CA.CertFile)
 			if err != nil {
 				e.t.Fatal(err)
 			}

@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"strings"
@@ -24,6 +25,7 @@ var (
 // plane and a worker; each scenario starts from the state the last left.
 func TestRotate(t *testing.T) {
 	e := setup(t, "rotate-certs-e2e", 1, 1)
+	e.enableAuditLog(e.cps[0])
 
 	t.Run("bad input changes nothing", func(t *testing.T) {
 		e.t = t
@@ -132,6 +134,7 @@ func TestRotate(t *testing.T) {
 		e.checkNodesReady()
 		e.checkNoAgentPods()
 		e.checkKubeadmAgrees(after)
+		e.checkNoKeyMaterialAudited(before, after)
 		// status, the read-only half, shows every renewed certificate with
 		// about the requested validity left.
 		for _, c := range e.status() {
@@ -181,6 +184,37 @@ func TestRotate(t *testing.T) {
 		}
 		e.checkNodesReady()
 		e.checkNoAgentPods()
+	})
+
+	t.Run("interrupted while a control plane is renewed, then resumed", func(t *testing.T) {
+		e.t = t
+		e.interruptAndResume(e.cps[0], "renew", "node "+e.cps[0]+": renewing")
+	})
+
+	t.Run("interrupted while a worker's kubelet is renewed, then resumed", func(t *testing.T) {
+		e.t = t
+		e.interruptAndResume(e.workers[0], "kubelet", "node "+e.workers[0]+": installing the kubelet's certificates")
+	})
+
+	t.Run("rollback of a run", func(t *testing.T) {
+		e.t = t
+		e.rollbackLastRun()
+	})
+
+	t.Run("kubespray layout: pki linked to ssl", func(t *testing.T) {
+		e.t = t
+		e.kubesprayLayout(e.cps[0])
+		before := e.snapshots()
+		e.mustPlugin("--all")
+		after := e.snapshots()
+		e.checkRenewed(before, after, allServices...)
+		e.checkServes(after)
+		e.checkConsistent(after)
+		e.checkNodesReady()
+		out, err := e.cluster.Exec(context.Background(), e.cps[0], nil, "sh", "-c", "test -L /etc/kubernetes/pki && test -f /etc/kubernetes/ssl/apiserver.crt && echo ok")
+		if err != nil || strings.TrimSpace(string(out)) != "ok" {
+			t.Errorf("the layout changed: %v %s", err, out)
+		}
 	})
 }
 
