@@ -117,7 +117,7 @@ image_label() { # image_label IMAGE KEY: the label's value, empty if the image o
 LABEL=org.rotate-certs.inputs
 STANDIN_LABEL=org.rotate-certs.stand-in
 
-# Hash of every input of this version's node image: versions, package lists, this script, the
+# Hash of every input of this version's node image: versions, package lists, this script's recipe, the
 # shared files under hack/nodeimage/ and this version's modules (with go.sum). kind's node files
 # are pinned by KIND_VERSION (the module cache is checksummed).
 inputs_hash() {
@@ -125,8 +125,11 @@ inputs_hash() {
 		cd "$REPO_ROOT"
 		echo "$KUBE_VERSION $KIND_VERSION $ETCD_TAG $PAUSE_TAG $COREDNS_TAG $CRICTL_VERSION $DEBIAN_SUITE"
 		echo "${NODE_PACKAGES[*]} | ${KUBE_PROXY_PACKAGES[*]}"
-		# this script, less the load-balancer section (the stand-in has its own hash)
-		sed '/^# --- load-balancer image/,/^# --- end of load-balancer image/d' hack/build-node-image.sh | sha256sum
+		# the recipe part of this script (from "# --- Go binaries" on), less the load-balancer
+		# section (the stand-in has its own hash); what comes before it only derives the values
+		# hashed above and decides whether to build
+		sed -n '/^# --- Go binaries/,$p' hack/build-node-image.sh |
+			sed '/^# --- load-balancer image/,/^# --- end of load-balancer image/d' | sha256sum
 		{
 			find hack/nodeimage -maxdepth 1 -type f
 			find hack/nodeimage/pause hack/nodeimage/manifests "${KDIR#"$REPO_ROOT"/}" "${EDIR#"$REPO_ROOT"/}" \
@@ -172,11 +175,7 @@ for c in docker go debootstrap jq containerd ctr chroot dpkg-deb ldconfig flock;
 		exit 1
 	}
 done
-# One build at a time on this machine (the intermediate pod images use docker-global
-# registry.k8s.io/* tags); a run that waited finds the image cached afterwards.
-exec 9>"${NODEIMAGE_LOCK:-/var/lock/rotate-certs-build-node-image.lock}"
-flock 9
-
+cached_lb() { [[ "${ROTATE_CERTS_FORCE_BUILD:-0}" != 1 && "$(image_label "$LB_IMAGE" $LABEL)" == "$LB_HASH" ]]; }
 # The stand-in is cached by what goes into it: its static binary (built reproducibly) and the
 # package list. Building the binary takes seconds when the Go build cache is warm.
 BIN=$WORK/bin
@@ -190,19 +189,33 @@ if ((need_lb)); then
 		echo "${LB_PACKAGES[*]} $DEBIAN_SUITE"
 		sed -n '/^# --- load-balancer image/,/^# --- end of load-balancer image/p' "${BASH_SOURCE[0]}"
 	} | sha256sum | cut -c1-16)
-	if [[ "${ROTATE_CERTS_FORCE_BUILD:-0}" != 1 && "$(image_label "$LB_IMAGE" $LABEL)" == "$LB_HASH" ]]; then
+	if cached_lb; then
 		need_lb=0
 		log "cached: load-balancer stand-in $LB_IMAGE (inputs $LB_HASH)"
 	fi
 fi
+cached_node() { ((node_from_upstream)) || [[ "${ROTATE_CERTS_FORCE_BUILD:-0}" != 1 && "$(image_label "$NODE_IMAGE" $LABEL)" == "$HASH" ]]; }
 need_node=1
-if ((node_from_upstream)) || [[ "${ROTATE_CERTS_FORCE_BUILD:-0}" != 1 && "$(image_label "$NODE_IMAGE" $LABEL)" == "$HASH" ]]; then
-	need_node=0
-fi
+cached_node && need_node=0
 if ((!need_node && !need_lb)); then
 	log "cached: $NODE_IMAGE (inputs $HASH), nothing to build"
 	echo "$NODE_IMAGE"
 	exit 0
+fi
+# One build at a time on this machine (the intermediate pod images use docker-global
+# registry.k8s.io/* tags, and the load-balancer stand-in is shared); a run that waited checks
+# the cache again.
+exec 9>"${NODEIMAGE_LOCK:-/var/lock/rotate-certs-build-node-image.lock}"
+if ! flock -n 9; then
+	log "waiting for another build on this machine"
+	flock 9
+	cached_node && need_node=0
+	((need_lb)) && cached_lb && need_lb=0
+	if ((!need_node && !need_lb)); then
+		log "built meanwhile: $NODE_IMAGE"
+		echo "$NODE_IMAGE"
+		exit 0
+	fi
 fi
 log "building for inputs $HASH: node image $((need_node)), load-balancer stand-in $((need_lb))"
 log "kubeadm $KUBE_VERSION lists etcd $ETCD_TAG, pause $PAUSE_TAG, coredns $COREDNS_TAG; crictl $CRICTL_VERSION; kind $KIND_VERSION"
