@@ -5,14 +5,20 @@ VERSION ?= $(shell hack/version.sh)
 LDFLAGS := -s -w -buildid= -X github.com/rotate-certs/kubectl-rotate-certs/pkg/version.Version=$(VERSION)
 BIN := bin/kubectl-rotate_certs
 
-.PHONY: build test test-unit fuzz e2e demo image dist test-krew lint vet clean
+.PHONY: build test test-unit fuzz e2e e2e-oldest e2e-matrix demo image dist test-krew lint vet clean
 
 build:
 	CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/kubectl-rotate_certs
 
-# Everything CI runs: vet, gofmt and golangci-lint, unit tests, fuzzing,
-# krew packaging tests, and the kind e2e suite.
-test: vet lint test-unit fuzz test-krew e2e
+# The oldest and newest Kubernetes versions the e2e suite proves (hack/nodeimage/kubernetes/).
+KUBE_OLDEST ?= v1.35.4
+KUBE_NEWEST ?= v1.37.2
+
+# Everything CI runs: vet, gofmt and golangci-lint, unit tests, fuzzing, krew
+# packaging tests, the kind e2e suite on the newest Kubernetes, and --all on the oldest
+# (hack/test.sh builds both node images in the background meanwhile).
+test:
+	VERSION=$(VERSION) KUBE_NEWEST=$(KUBE_NEWEST) KUBE_OLDEST=$(KUBE_OLDEST) hack/test.sh
 
 vet:
 	go vet ./...
@@ -28,7 +34,16 @@ fuzz:
 	hack/fuzz.sh
 
 e2e:
-	VERSION=$(VERSION) hack/e2e.sh
+	VERSION=$(VERSION) KUBE_VERSION=$(KUBE_NEWEST) hack/e2e.sh
+
+# --all (the "all keeps the API up" scenario and its checks) on the oldest version.
+e2e-oldest:
+	VERSION=$(VERSION) KUBE_VERSION=$(KUBE_OLDEST) ROTATE_CERTS_E2E_HA=0 E2E_RUN='^TestRotate$$/^all_keeps_the_API_up$$' hack/e2e.sh
+
+# The rotation scenarios (--all, --service etcd, --service kubelet, HA --all, ECDSA-P384) on
+# every supported version, with a table of the results.
+e2e-matrix:
+	VERSION=$(VERSION) hack/e2e-matrix.sh
 
 demo:
 	VERSION=$(VERSION) hack/demo.sh

@@ -1,42 +1,85 @@
 #!/usr/bin/env bash
-# build-node-image.sh: provide a kind (v0.30.0) node image for Kubernetes v1.34.4 and print its
-# reference as the LAST line of stdout (everything else goes to stderr).
+# build-node-image.sh: provide a kind node image for Kubernetes $KUBE_VERSION (default v1.37.2)
+# and print its reference as the LAST line of stdout (everything else goes to stderr).
 #
-#   1. Unless ROTATE_CERTS_OFFLINE=1, try the upstream node image (kind v0.30.0's default) with a
-#      short timeout; if it can be pulled, use it.
-#   2. Otherwise use the locally built image rotate-certs/kind-node:v1.34.4-<hash>, where <hash>
-#      covers every build input (this script, hack/nodeimage/, versions). It is built only when
-#      that tag is missing: Kubernetes, etcd, CoreDNS, crictl and pause from the Go module proxy,
-#      a Debian bookworm rootfs from debootstrap, pod images preloaded into the node's containerd.
-#   3. Also builds kind's HA load-balancer image (docker.io/kindest/haproxy:<kind's tag>) from
-#      Debian's haproxy when it is missing or was built from other inputs.
+#   KUBE_VERSION=v1.35.4 hack/build-node-image.sh
+#
+#   1. Unless ROTATE_CERTS_OFFLINE=1, try the upstream node image kindest/node:$KUBE_VERSION (with
+#      the digest kind pins when it is kind's default) with a short timeout; if it can be pulled,
+#      use it.
+#   2. Otherwise use the locally built image rotate-certs/kind-node:$KUBE_VERSION-<hash>, where
+#      <hash> covers every build input of that version (this script, the version's Go modules under
+#      hack/nodeimage/, configs, package lists). It is built only when that tag is missing:
+#      Kubernetes, etcd, CoreDNS, crictl and pause from the Go module proxy, a Debian bookworm
+#      rootfs from debootstrap, pod images preloaded into the node's containerd. Images of several
+#      Kubernetes versions coexist; only superseded images of the SAME version are removed.
+#   3. Makes sure kind's HA load-balancer image exists (kind >= v0.32: docker.io/envoyproxy/envoy,
+#      a constant in kind): it is pulled if possible; otherwise the offline stand-in
+#      hack/kind-lb-standin is built under that tag (FROM scratch, labelled as a stand-in, cached
+#      by the hash of its binary and package closure).
+#
+# Everything of a version is derived from its kubeadm: hack/nodeimage/kubernetes/$KUBE_VERSION/
+# images.txt is `kubeadm config images list` (written by hack/gen-nodeimage-modules.sh, which also
+# generates the etcd, CoreDNS and crictl modules it names) and the build checks that the kubeadm it
+# built still lists exactly those images. A new Kubernetes version is
+# `hack/gen-nodeimage-modules.sh vX.Y.Z` plus a commit.
 #
 # Environment:
-#   ROTATE_CERTS_OFFLINE=1        never try to pull the upstream image
-#   ROTATE_CERTS_FORCE_BUILD=1    rebuild even when the tagged image exists
-#   ROTATE_CERTS_PULL_TIMEOUT     seconds for the upstream pull attempt (default 20)
+#   KUBE_VERSION                  Kubernetes release (default v1.37.2)
+#   ROTATE_CERTS_OFFLINE=1        never try to pull upstream images
+#   ROTATE_CERTS_FORCE_BUILD=1    rebuild even when the tagged images exist
+#   ROTATE_CERTS_PULL_TIMEOUT     seconds for each upstream pull attempt (default 20)
 #   DEBIAN_MIRROR                 default http://deb.debian.org/debian
-#   NODEIMAGE_WORKDIR             default <repo>/_output/nodeimage
+#   NODEIMAGE_WORKDIR             default <repo>/_output/nodeimage-$KUBE_VERSION
 #   NODEIMAGE_CACHE               persistent download cache, default /var/cache/rotate-certs
-#   NODEIMAGE_KEEP_OLD=1          keep rotate-certs/kind-node images of other inputs (removed
-#                                 after a build by default, unless a container uses them)
+#   NODEIMAGE_KEEP_OLD=1          keep rotate-certs/kind-node:$KUBE_VERSION-* images of other inputs
+#                                 (removed after a build by default, unless a container uses them)
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 INPUTS=$REPO_ROOT/hack/nodeimage
 
-KUBE_VERSION=v1.34.4
+KUBE_VERSION=${KUBE_VERSION:-v1.37.2}
+if [[ ! "$KUBE_VERSION" =~ ^v1\.([0-9]+)\.[0-9]+$ ]]; then
+	echo "build-node-image: KUBE_VERSION=$KUBE_VERSION is not a Kubernetes release vX.Y.Z" >&2
+	exit 2
+fi
 KUBE_MAJOR=1
-KUBE_MINOR=34
-KIND_VERSION=v0.30.0
-# kind v0.30.0's defaults (sigs.k8s.io/kind/pkg/apis/config/defaults and
-# pkg/cluster/internal/loadbalancer): the upstream node image and the load-balancer image.
-UPSTREAM_NODE_IMAGE="kindest/node:v1.34.0@sha256:7416a61b42b1662ca6ca89f02028ac133a309a2a30ba309614e8ec94d976dc5a"
-HAPROXY_IMAGE="docker.io/kindest/haproxy:v20230606-42a2262b"
-# Tags kubeadm v1.34.4 expects (`kubeadm config images list --kubernetes-version v1.34.4`).
-ETCD_TAG=3.6.5-0
-PAUSE_TAG=3.10.1
-COREDNS_TAG=v1.12.1
+KUBE_MINOR=${BASH_REMATCH[1]}
+KDIR=$INPUTS/kubernetes/$KUBE_VERSION
+if [[ ! -f "$KDIR/images.txt" ]]; then
+	echo "build-node-image: no modules for $KUBE_VERSION in $KDIR; generate them with hack/gen-nodeimage-modules.sh $KUBE_VERSION" >&2
+	exit 2
+fi
+# The tags this kubeadm expects, and the crictl release (images.txt).
+image_tag() { awk -F: -v r="$1" '$1 == r { print $2 }' "$KDIR/images.txt"; }
+ETCD_TAG=$(image_tag registry.k8s.io/etcd)
+PAUSE_TAG=$(image_tag registry.k8s.io/pause)
+COREDNS_TAG=$(image_tag registry.k8s.io/coredns/coredns)
+CRICTL_VERSION=$(awk '$1 == "crictl" { print $2 }' "$KDIR/images.txt")
+EDIR=$INPUTS/etcd/v${ETCD_TAG%-*}
+CDIR=$INPUTS/coredns/$COREDNS_TAG
+XDIR=$INPUTS/crictl/$CRICTL_VERSION
+for d in "$EDIR" "$CDIR" "$XDIR"; do
+	[[ -f "$d/go.sum" ]] || {
+		echo "build-node-image: missing $d; run hack/gen-nodeimage-modules.sh $KUBE_VERSION" >&2
+		exit 2
+	}
+done
+# The node's kind files come from the kind module the e2e harness uses (go.mod).
+KIND_VERSION=$(awk '$1 == "sigs.k8s.io/kind" { print $2 }' "$REPO_ROOT/go.mod")
+# kind's load-balancer image (sigs.k8s.io/kind pkg/cluster/internal/loadbalancer, a constant) and
+# its default node image (pkg/apis/config/defaults), read from the module itself.
+KIND_DIR=$(cd /tmp && go mod download -json "sigs.k8s.io/kind@$KIND_VERSION" | jq -r .Dir)
+LB_IMAGE=$(sed -n 's/^const Image = "\(.*\)"$/\1/p' "$KIND_DIR/pkg/cluster/internal/loadbalancer/const.go")
+KIND_DEFAULT_NODE=$(sed -n 's/^const Image = "\(.*\)"$/\1/p' "$KIND_DIR/pkg/apis/config/defaults/image.go")
+[[ "$LB_IMAGE" == *envoy* && -n "$KIND_DEFAULT_NODE" ]] || {
+	echo "build-node-image: kind $KIND_VERSION: load balancer image '$LB_IMAGE' is not envoy (this script builds envoy's stand-in)" >&2
+	exit 1
+}
+UPSTREAM_NODE_IMAGE=kindest/node:$KUBE_VERSION
+[[ "${KIND_DEFAULT_NODE%@*}" == "$UPSTREAM_NODE_IMAGE" ]] && UPSTREAM_NODE_IMAGE=$KIND_DEFAULT_NODE
+
 DEBIAN_SUITE=bookworm
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 NODE_PACKAGES=(
@@ -47,13 +90,15 @@ NODE_PACKAGES=(
 )
 # Package closures staged into images that are not the node (see stage_packages).
 KUBE_PROXY_PACKAGES=(iptables conntrack)
-HAPROXY_PACKAGES=(haproxy coreutils procps)
+# What kind runs inside the load-balancer container besides envoy: bash -c with mkdir, echo and
+# sleep (its bootstrap command), sh -c with chmod and mv, cp /dev/stdin (nodeutils.WriteFile).
+LB_PACKAGES=(bash dash coreutils)
 
-WORK=${NODEIMAGE_WORKDIR:-$REPO_ROOT/_output/nodeimage}
+WORK=${NODEIMAGE_WORKDIR:-$REPO_ROOT/_output/nodeimage-$KUBE_VERSION}
 CACHE=${NODEIMAGE_CACHE:-/var/cache/rotate-certs}
 export DOCKER_BUILDKIT=0
 
-log() { echo "build-node-image: $*" >&2; }
+log() { echo "build-node-image[$KUBE_VERSION]: $*" >&2; }
 STEP_NAME="" STEP_START=0 TOTAL_START=$SECONDS
 step() {
 	step_end
@@ -66,37 +111,62 @@ step_end() {
 		STEP_NAME=""
 	fi
 }
-image_label() { docker image inspect --format "{{ index .Config.Labels \"$2\" }}" "$1" 2>/dev/null || true; }
+image_label() { # image_label IMAGE KEY: the label's value, empty if the image or label is missing
+	docker image inspect "$1" 2>/dev/null | jq -r --arg k "$2" '.[0].Config.Labels // {} | .[$k] // empty' || true
+}
+LABEL=org.rotate-certs.inputs
+STANDIN_LABEL=org.rotate-certs.stand-in
 
-# Hash of every input: versions, package lists, this script, hack/nodeimage/ (Go modules with
-# go.sum, configs). kind's node files are pinned by KIND_VERSION (module cache is checksummed).
+# Hash of every input of this version's node image: versions, package lists, this script's recipe, the
+# shared files under hack/nodeimage/ and this version's modules (with go.sum). kind's node files
+# are pinned by KIND_VERSION (the module cache is checksummed).
 inputs_hash() {
-	{
-		echo "$KUBE_VERSION $KIND_VERSION $ETCD_TAG $PAUSE_TAG $COREDNS_TAG $DEBIAN_SUITE"
-		echo "${NODE_PACKAGES[*]} | ${KUBE_PROXY_PACKAGES[*]} | ${HAPROXY_PACKAGES[*]}"
+	(
 		cd "$REPO_ROOT"
-		find hack/build-node-image.sh hack/nodeimage -type f | LC_ALL=C sort | xargs sha256sum
-	} | sha256sum | cut -c1-16
+		echo "$KUBE_VERSION $KIND_VERSION $ETCD_TAG $PAUSE_TAG $COREDNS_TAG $CRICTL_VERSION $DEBIAN_SUITE"
+		echo "${NODE_PACKAGES[*]} | ${KUBE_PROXY_PACKAGES[*]}"
+		# the recipe part of this script (from "# --- Go binaries" on), less the load-balancer
+		# section (the stand-in has its own hash); what comes before it only derives the values
+		# hashed above and decides whether to build
+		sed -n '/^# --- Go binaries/,$p' hack/build-node-image.sh |
+			sed '/^# --- load-balancer image/,/^# --- end of load-balancer image/d' | sha256sum
+		{
+			find hack/nodeimage -maxdepth 1 -type f
+			find hack/nodeimage/pause hack/nodeimage/manifests "${KDIR#"$REPO_ROOT"/}" "${EDIR#"$REPO_ROOT"/}" \
+				"${CDIR#"$REPO_ROOT"/}" "${XDIR#"$REPO_ROOT"/}" -type f
+		} | LC_ALL=C sort | xargs sha256sum
+	) | sha256sum | cut -c1-16
 }
 
 HASH=$(inputs_hash)
 NODE_IMAGE="rotate-certs/kind-node:$KUBE_VERSION-$HASH"
-LABEL=org.rotate-certs.inputs
 
-# --- upstream ------------------------------------------------------------------------------------
-if [[ "${ROTATE_CERTS_OFFLINE:-0}" != 1 ]]; then
-	if docker image inspect "$UPSTREAM_NODE_IMAGE" >/dev/null 2>&1; then
-		log "using upstream node image present locally: $UPSTREAM_NODE_IMAGE"
-		echo "$UPSTREAM_NODE_IMAGE"
-		exit 0
-	fi
-	log "trying to pull $UPSTREAM_NODE_IMAGE (timeout ${ROTATE_CERTS_PULL_TIMEOUT:-20}s; set ROTATE_CERTS_OFFLINE=1 to skip)"
-	if timeout "${ROTATE_CERTS_PULL_TIMEOUT:-20}" docker pull -q "$UPSTREAM_NODE_IMAGE" >/dev/null 2>&1; then
-		log "pulled upstream node image"
-		echo "$UPSTREAM_NODE_IMAGE"
-		exit 0
-	fi
-	log "upstream node image cannot be pulled; using the offline build"
+# --- upstream images -----------------------------------------------------------------------------
+try_pull() { # try_pull IMAGE: present locally or pulled within the timeout
+	docker image inspect "$1" >/dev/null 2>&1 && return 0
+	[[ "${ROTATE_CERTS_OFFLINE:-0}" == 1 ]] && return 1
+	log "trying to pull $1 (timeout ${ROTATE_CERTS_PULL_TIMEOUT:-20}s; set ROTATE_CERTS_OFFLINE=1 to skip)"
+	timeout "${ROTATE_CERTS_PULL_TIMEOUT:-20}" docker pull -q "$1" >/dev/null 2>&1
+}
+# The load balancer: the real image when it is here or can be pulled. A stand-in built before
+# carries STANDIN_LABEL and does not count as the real image.
+need_lb=1
+if [[ -n "$(image_label "$LB_IMAGE" "$STANDIN_LABEL")" ]]; then
+	log "$LB_IMAGE here is the project's stand-in; checking whether it is current"
+elif try_pull "$LB_IMAGE"; then
+	log "using the real load-balancer image $LB_IMAGE"
+	need_lb=0
+else
+	log "$LB_IMAGE cannot be pulled; the offline stand-in (hack/kind-lb-standin) will be used"
+fi
+
+node_from_upstream=0
+if [[ "${ROTATE_CERTS_OFFLINE:-0}" != 1 ]] && try_pull "$UPSTREAM_NODE_IMAGE"; then
+	log "using upstream node image $UPSTREAM_NODE_IMAGE"
+	NODE_IMAGE=$UPSTREAM_NODE_IMAGE
+	node_from_upstream=1
+elif [[ "${ROTATE_CERTS_OFFLINE:-0}" != 1 ]]; then
+	log "upstream node image $UPSTREAM_NODE_IMAGE cannot be pulled; using the offline build"
 fi
 
 for c in docker go debootstrap jq containerd ctr chroot dpkg-deb ldconfig flock; do
@@ -105,47 +175,79 @@ for c in docker go debootstrap jq containerd ctr chroot dpkg-deb ldconfig flock;
 		exit 1
 	}
 done
-# One build at a time on this machine (the intermediate pod images use docker-global
-# registry.k8s.io/* tags); a run that waited finds the image cached afterwards.
-exec 9>"${NODEIMAGE_LOCK:-/var/lock/rotate-certs-build-node-image.lock}"
-flock 9
-
-need_node=1 need_haproxy=1
-if [[ "${ROTATE_CERTS_FORCE_BUILD:-0}" != 1 ]]; then
-	[[ "$(image_label "$NODE_IMAGE" $LABEL)" == "$HASH" ]] && need_node=0
-	[[ "$(image_label "$HAPROXY_IMAGE" $LABEL)" == "$HASH" ]] && need_haproxy=0
+cached_lb() { [[ "${ROTATE_CERTS_FORCE_BUILD:-0}" != 1 && "$(image_label "$LB_IMAGE" $LABEL)" == "$LB_HASH" ]]; }
+# The stand-in is cached by what goes into it: its static binary (built reproducibly) and the
+# package list. Building the binary takes seconds when the Go build cache is warm.
+BIN=$WORK/bin
+mkdir -p "$WORK" "$BIN" "$CACHE/debootstrap"
+LB_HASH=""
+if ((need_lb)); then
+	(cd "$REPO_ROOT" && CGO_ENABLED=0 GOFLAGS='' go build -trimpath -buildvcs=false -ldflags "-s -w -buildid=" \
+		-o "$BIN/kind-lb-standin" ./hack/kind-lb-standin)
+	LB_HASH=$({
+		sha256sum <"$BIN/kind-lb-standin"
+		echo "${LB_PACKAGES[*]} $DEBIAN_SUITE"
+		sed -n '/^# --- load-balancer image/,/^# --- end of load-balancer image/p' "${BASH_SOURCE[0]}"
+	} | sha256sum | cut -c1-16)
+	if cached_lb; then
+		need_lb=0
+		log "cached: load-balancer stand-in $LB_IMAGE (inputs $LB_HASH)"
+	fi
 fi
-if ((!need_node && !need_haproxy)); then
-	log "cached: $NODE_IMAGE and $HAPROXY_IMAGE (inputs $HASH), nothing to build"
+cached_node() { ((node_from_upstream)) || [[ "${ROTATE_CERTS_FORCE_BUILD:-0}" != 1 && "$(image_label "$NODE_IMAGE" $LABEL)" == "$HASH" ]]; }
+need_node=1
+cached_node && need_node=0
+if ((!need_node && !need_lb)); then
+	log "cached: $NODE_IMAGE (inputs $HASH), nothing to build"
 	echo "$NODE_IMAGE"
 	exit 0
 fi
-log "building for inputs $HASH: node image $((need_node)), load-balancer image $((need_haproxy))"
+# One build at a time on this machine (the intermediate pod images use docker-global
+# registry.k8s.io/* tags, and the load-balancer stand-in is shared); a run that waited checks
+# the cache again.
+exec 9>"${NODEIMAGE_LOCK:-/var/lock/rotate-certs-build-node-image.lock}"
+if ! flock -n 9; then
+	log "waiting for another build on this machine"
+	flock 9
+	cached_node && need_node=0
+	((need_lb)) && cached_lb && need_lb=0
+	if ((!need_node && !need_lb)); then
+		log "built meanwhile: $NODE_IMAGE"
+		echo "$NODE_IMAGE"
+		exit 0
+	fi
+fi
+log "building for inputs $HASH: node image $((need_node)), load-balancer stand-in $((need_lb))"
+log "kubeadm $KUBE_VERSION lists etcd $ETCD_TAG, pause $PAUSE_TAG, coredns $COREDNS_TAG; crictl $CRICTL_VERSION; kind $KIND_VERSION"
 
-BIN=$WORK/bin
 ROOTFS=$WORK/rootfs
 STAGE=$WORK/stage
-mkdir -p "$WORK" "$BIN" "$CACHE/debootstrap"
 
 # --- Go binaries ---------------------------------------------------------------------------------
 build_go() {
 	local dir=$1 ldflags=$2
 	shift 2
-	(cd "$INPUTS/$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $ldflags" -o "$BIN/" "$@")
+	(cd "$dir" && CGO_ENABLED=0 GOFLAGS='' go build -trimpath -ldflags "-s -w $ldflags" -o "$BIN/" "$@")
 }
 if ((need_node)); then
 	step "go build kubernetes $KUBE_VERSION (kubeadm kubelet kubectl kube-*)"
 	vpkg=k8s.io/component-base/version
-	build_go kubernetes "-X $vpkg.gitVersion=$KUBE_VERSION -X $vpkg.gitMajor=$KUBE_MAJOR -X $vpkg.gitMinor=$KUBE_MINOR -X $vpkg.gitTreeState=clean -X $vpkg.buildDate=1970-01-01T00:00:00Z" \
+	build_go "$KDIR" "-X $vpkg.gitVersion=$KUBE_VERSION -X $vpkg.gitMajor=$KUBE_MAJOR -X $vpkg.gitMinor=$KUBE_MINOR -X $vpkg.gitTreeState=clean -X $vpkg.buildDate=1970-01-01T00:00:00Z" \
 		k8s.io/kubernetes/cmd/kubeadm k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl \
 		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
 		k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-proxy
-	step "go build etcd, coredns, crictl, pause"
-	build_go etcd "" .
-	build_go coredns "" github.com/coredns/coredns
-	build_go crictl "-X sigs.k8s.io/cri-tools/pkg/version.Version=v1.34.0" sigs.k8s.io/cri-tools/cmd/crictl
-	build_go pause "" .
 	"$BIN/kubeadm" version -o short >&2
+	# The image list this build was generated for must still be the one this kubeadm gives.
+	if ! diff <(grep -v -e '^#' -e '^crictl ' "$KDIR/images.txt") \
+		<("$BIN/kubeadm" config images list --kubernetes-version "$KUBE_VERSION" 2>/dev/null) >&2; then
+		log "kubeadm's image list differs from $KDIR/images.txt; rerun hack/gen-nodeimage-modules.sh $KUBE_VERSION"
+		exit 1
+	fi
+	step "go build etcd ${ETCD_TAG%-*}, coredns $COREDNS_TAG, crictl $CRICTL_VERSION, pause"
+	build_go "$EDIR" "" .
+	build_go "$CDIR" "" github.com/coredns/coredns
+	build_go "$XDIR" "-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl
+	build_go "$INPUTS/pause" "" .
 fi
 
 # --- rootfs --------------------------------------------------------------------------------------
@@ -169,15 +271,14 @@ debootstrap --variant=minbase --include="$includes" --cache-dir="$CACHE/debootst
 stage_packages() {
 	local dest=$1
 	shift
-	local debs=$WORK/debs pkgs
-	mkdir -p "$dest" "$debs"
+	local pkgs
+	mkdir -p "$dest"
 	pkgs=$(in_root apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts \
 		--no-breaks --no-replaces --no-enhances "$@" | grep -E '^[a-z0-9]' |
 		grep -vxE 'adduser|debconf|cdebconf|init-system-helpers|perl-base|lsb-base|dpkg|passwd|libpam.*|usr-is-merged|usrmerge|sysvinit-utils|systemd|install-info|tar|libdebconfclient0' |
 		sort -u)
 	rm -f "$ROOTFS"/tmp/*.deb
-	# shellcheck disable=SC2086
-	(cd "$ROOTFS/tmp" && in_root sh -c "cd /tmp && apt-get -q -o APT::Sandbox::User=root download $(echo $pkgs)" >/dev/null)
+	(cd "$ROOTFS/tmp" && in_root sh -c "cd /tmp && apt-get -q -o APT::Sandbox::User=root download ${pkgs//$'\n'/ }" >/dev/null)
 	for d in "$ROOTFS"/tmp/*.deb; do dpkg-deb -x "$d" "$dest"; done
 	rm -f "$ROOTFS"/tmp/*.deb
 	mkdir -p "$dest/etc/ld.so.conf.d" "$dest/tmp"
@@ -199,13 +300,12 @@ if ((need_node)); then
 		ln -sf "${t/iptables/ip6tables-nft}" "$STAGE/kube-proxy/usr/sbin/${t/iptables/ip6tables}"
 	done
 fi
-if ((need_haproxy)); then
-	stage_packages "$STAGE/haproxy" "${HAPROXY_PACKAGES[@]}"
+if ((need_lb)); then
+	stage_packages "$STAGE/lb" "${LB_PACKAGES[@]}"
 fi
 in_root apt-get clean
 rm -rf "$ROOTFS"/var/lib/apt/lists/*
 
-# --- load-balancer image -------------------------------------------------------------------------
 build_dir() { # build_dir TAG DIR DOCKERFILE-TEXT
 	printf '%s\n' "$3" >"$2/Dockerfile"
 	local out
@@ -215,19 +315,27 @@ build_dir() { # build_dir TAG DIR DOCKERFILE-TEXT
 	fi
 	rm -f "$2/Dockerfile"
 }
-if ((need_haproxy)); then
-	step "load-balancer image $HAPROXY_IMAGE"
-	d=$STAGE/haproxy
-	install -D -m 0644 "$INPUTS/haproxy-default.cfg" "$d/usr/local/etc/haproxy/haproxy.cfg"
-	install -D -m 0644 "$INPUTS/haproxy-limits.cfg" "$d/etc/haproxy/00-rotate-certs-limits.cfg"
-	rm -f "$d/etc/haproxy/haproxy.cfg"
-	build_dir "$HAPROXY_IMAGE" "$d" "FROM scratch
+
+# --- load-balancer image -------------------------------------------------------------------------
+# The stand-in under the tag kind runs (only reached when the real image cannot be pulled). kind
+# starts it as `bash -c '... while true; do envoy -c /home/envoy/envoy.yaml && break; sleep 1; done'`
+# (so no ENTRYPOINT), and envoy's default stop signal is SIGTERM.
+if ((need_lb)); then
+	step "load-balancer stand-in $LB_IMAGE"
+	d=$STAGE/lb
+	install -D -m 0755 "$BIN/kind-lb-standin" "$d/usr/local/bin/kind-lb-standin"
+	ln -sf kind-lb-standin "$d/usr/local/bin/envoy"
+	ln -sf dash "$d/bin/sh" 2>/dev/null || ln -sf dash "$d/usr/bin/sh"
+	mkdir -p "$d/home/envoy"
+	build_dir "$LB_IMAGE" "$d" "FROM scratch
 COPY . /
 ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-LABEL $LABEL=$HASH
-STOPSIGNAL SIGUSR1
-ENTRYPOINT [\"haproxy\", \"-W\", \"-db\", \"-f\", \"/etc/haproxy/00-rotate-certs-limits.cfg\", \"-f\", \"/usr/local/etc/haproxy/haproxy.cfg\"]"
+LABEL $LABEL=$LB_HASH
+LABEL $STANDIN_LABEL=\"hack/kind-lb-standin: offline stand-in for $LB_IMAGE, implementing only what kind drives\"
+STOPSIGNAL SIGTERM
+CMD [\"envoy\", \"-c\", \"/etc/envoy/envoy.yaml\"]"
 fi
+# --- end of load-balancer image ------------------------------------------------------------------
 
 if ((need_node)); then
 	# --- pod images ------------------------------------------------------------------------------
@@ -251,17 +359,12 @@ $ep"
 	simple_image "registry.k8s.io/etcd:$ETCD_TAG" etcd /usr/local/bin/etcd
 	simple_image "registry.k8s.io/pause:$PAUSE_TAG" pause /pause '["/pause"]'
 	simple_image "registry.k8s.io/coredns/coredns:$COREDNS_TAG" coredns /coredns '["/coredns"]'
-	cp "$BIN/kube-proxy" "$STAGE/kube-proxy/usr/local/bin/kube-proxy" 2>/dev/null ||
-		install -D -m 0755 "$BIN/kube-proxy" "$STAGE/kube-proxy/usr/local/bin/kube-proxy"
+	install -D -m 0755 "$BIN/kube-proxy" "$STAGE/kube-proxy/usr/local/bin/kube-proxy"
 	build_dir "registry.k8s.io/kube-proxy:$KUBE_VERSION" "$STAGE/kube-proxy" "FROM scratch
 COPY . /
 $PATHENV
 ENTRYPOINT [\"/usr/local/bin/kube-proxy\"]"
-	POD_IMAGES=(
-		"registry.k8s.io/kube-apiserver:$KUBE_VERSION" "registry.k8s.io/kube-controller-manager:$KUBE_VERSION"
-		"registry.k8s.io/kube-scheduler:$KUBE_VERSION" "registry.k8s.io/kube-proxy:$KUBE_VERSION"
-		"registry.k8s.io/etcd:$ETCD_TAG" "registry.k8s.io/pause:$PAUSE_TAG" "registry.k8s.io/coredns/coredns:$COREDNS_TAG"
-	)
+	mapfile -t POD_IMAGES < <(grep -v -e '^#' -e '^crictl ' "$KDIR/images.txt")
 	docker save -o "$WORK/pod-images.tar" "${POD_IMAGES[@]}"
 
 	# A temporary containerd (the host's, same 1.6 release as the node's) on the rootfs's store.
@@ -290,7 +393,6 @@ EOF
 
 	# --- node rootfs -----------------------------------------------------------------------------
 	step "configure node rootfs"
-	KIND_DIR=$(cd /tmp && go mod download -json "sigs.k8s.io/kind@$KIND_VERSION" | jq -r .Dir)
 	F=$KIND_DIR/images/base/files
 	install -m 0755 "$F"/usr/local/bin/* "$ROOTFS/usr/local/bin/"
 	mkdir -p "$ROOTFS/kind/bin" "$ROOTFS/kind/manifests" "$ROOTFS/LICENSES" "$ROOTFS/etc/containerd" \
@@ -303,7 +405,7 @@ EOF
 	install -m 0644 "$F"/etc/sysctl.d/* "$ROOTFS/etc/sysctl.d/"
 	install -m 0644 "$F"/etc/systemd/system/*.service "$F"/etc/systemd/system/*.slice "$ROOTFS/etc/systemd/system/"
 	install -m 0644 "$F"/etc/systemd/system/kubelet.service.d/* "$ROOTFS/etc/systemd/system/kubelet.service.d/"
-	install -m 0644 "$INPUTS/containerd-config.toml" "$ROOTFS/etc/containerd/config.toml"
+	sed "s|@PAUSE_IMAGE@|registry.k8s.io/pause:$PAUSE_TAG|" "$INPUTS/containerd-config.toml" >"$ROOTFS/etc/containerd/config.toml"
 	install -m 0644 "$INPUTS/manifests/default-storage.yaml" "$ROOTFS/kind/manifests/"
 	# kind's base image generates the runtime spec with the node's own containerd.
 	ctr oci spec | jq '.hooks.createContainer[.hooks.createContainer | length] |= . + {"path": "/kind/bin/mount-product-files.sh"}' |
@@ -343,16 +445,17 @@ ENTRYPOINT [\"/usr/local/bin/entrypoint\", \"/sbin/init\"]"
 fi
 
 step "clean up work files and superseded images"
-rm -rf "$ROOTFS" "$STAGE" "$WORK/debs" "$WORK/commit"
-# Node images of other inputs and load-balancer images this build replaced. docker rmi
-# without -f refuses images a container still uses, so running clusters keep theirs.
+rm -rf "$ROOTFS" "$STAGE" "$WORK/commit"
+# Node images of this Kubernetes version built from other inputs, and stand-ins this build
+# replaced. docker rmi without -f refuses images a container still uses, so running clusters keep
+# theirs. Images of other Kubernetes versions are never touched.
 if [[ "${NODEIMAGE_KEEP_OLD:-0}" != 1 ]]; then
 	for old in $(docker images --format '{{.Repository}}:{{.Tag}}' rotate-certs/kind-node); do
-		[[ "$old" == "$NODE_IMAGE" ]] && continue
+		[[ "$old" == "rotate-certs/kind-node:$KUBE_VERSION-"* && "$old" != "$NODE_IMAGE" ]] || continue
 		if docker rmi "$old" >/dev/null 2>&1; then log "removed superseded $old"; fi
 	done
-	# load-balancer images this script built before, untagged when a build took over the tag
-	for old in $(docker images -q --filter dangling=true --filter "label=$LABEL"); do
+	# stand-ins this script built before, untagged when a build took over the tag
+	for old in $(docker images -q --filter dangling=true --filter "label=$STANDIN_LABEL"); do
 		if docker rmi "$old" >/dev/null 2>&1; then log "removed superseded image $old"; fi
 	done
 fi

@@ -5,8 +5,8 @@
 #   eval "$(hack/e2e-env.sh)"         # executed: prints `export ROTATE_CERTS_NODE_IMAGE=...`
 #
 # Runs hack/ensure-docker.sh (engine, privileged-run workaround, host packages), then
-# hack/build-node-image.sh (cached by input hash: seconds when the image exists). A
-# ROTATE_CERTS_NODE_IMAGE already set is kept. Progress goes to stderr.
+# hack/build-node-image.sh for $KUBE_VERSION (default v1.37.2; cached by input hash: seconds
+# when the image exists). A ROTATE_CERTS_NODE_IMAGE already set is kept. Progress goes to stderr.
 # ROTATE_CERTS_OFFLINE=1 skips the attempt to pull the upstream node image.
 
 _rotate_certs_e2e_env() {

@@ -61,7 +61,7 @@ func setup(t *testing.T, name string, controlPlanes, workers int) *env {
 	ctx := context.Background()
 	start := time.Now()
 	c, err := framework.CreateCluster(ctx, framework.Options{
-		Name: name, ControlPlanes: controlPlanes, Workers: workers,
+		Name: name, ControlPlanes: controlPlanes, Workers: workers, KubeadmConfigPatches: clusterOptions.KubeadmConfigPatches,
 		NodeImage:      framework.NodeImageFromEnv(),
 		KubeconfigPath: filepath.Join(t.TempDir(), "kubeconfig"),
 	}, os.Stderr)

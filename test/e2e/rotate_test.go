@@ -105,6 +105,7 @@ func TestRotate(t *testing.T) {
 		e.mustPlugin("--service", "etcd")
 		after, procsAfter := e.snapshots(), e.processes()
 		e.checkRenewed(before, after, pki.ServiceEtcd)
+		e.checkAfterRotation(before, after) // versions_test.go
 		if c := changed(procs, procsAfter, append(keysFor(e.cps, staticPods...), keysFor(e.nodes(), "kubelet")...)...); len(c) > 0 {
 			t.Errorf("--service etcd restarted %v", c)
 		}
@@ -120,6 +121,7 @@ func TestRotate(t *testing.T) {
 		stop()
 		after, procsAfter := e.snapshots(), e.processes()
 		e.checkRenewed(before, after, allServices...)
+		e.checkAfterRotation(before, after) // versions_test.go
 		if f := failures.Load(); f > 0 {
 			t.Errorf("%d API requests failed during --all with --restart=needed", f)
 		}
@@ -153,6 +155,7 @@ func TestRotate(t *testing.T) {
 		e.mustPlugin("--all", "--restart=all")
 		after, procsAfter := e.snapshots(), e.processes()
 		e.checkRenewed(before, after, allServices...)
+		e.checkAfterRotation(before, after) // versions_test.go
 		want := append(keysFor(e.cps, staticPods...), keysFor(e.nodes(), "kubelet")...)
 		if c := changed(procs, procsAfter, want...); len(c) != len(want) {
 			t.Errorf("--restart=all restarted %v, want all of %v", c, want)
@@ -175,6 +178,7 @@ func TestRotate(t *testing.T) {
 		}
 		after, procsAfter := e.snapshots(), e.processes()
 		e.checkRenewed(before, after, pki.ServiceKubelet)
+		e.checkAfterRotation(before, after) // versions_test.go
 		want := keysFor(e.nodes(), "kubelet")
 		if c := changed(procs, procsAfter, want...); len(c) != len(want) {
 			t.Errorf("restarted %v, want %v", c, want)
@@ -245,6 +249,7 @@ func TestRotateHA(t *testing.T) {
 	stop()
 	after := e.snapshots()
 	e.checkRenewed(before, after, allServices...)
+	e.checkAfterRotation(before, after) // versions_test.go
 	if f := failures.Load(); f > 0 {
 		t.Errorf("%d API requests through the load balancer failed during --all", f)
 	}

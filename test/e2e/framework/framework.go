@@ -1,5 +1,11 @@
 // Package framework creates and drives the kind clusters of the project's e2e tests through
-// kind's Go API (sigs.k8s.io/kind v0.30.0, whose HA load balancer is haproxy).
+// kind's Go API (sigs.k8s.io/kind, the version in go.mod: v0.33.0, whose HA load balancer is
+// envoy; hack/build-node-image.sh provides a stand-in image where envoy cannot be pulled).
+//
+// Host-specific settings are detected, not assumed: on a host whose Docker runs cgroup v1 the
+// kubelet is configured with failCgroupV1: false (Kubernetes >= 1.35 refuses cgroup v1 otherwise,
+// KEP-5573) and kubeadm's SystemVerification preflight check is ignored; cgroup v2 hosts get
+// neither (see hostKubeadmPatches).
 //
 // Clusters are created with kind's default CNI disabled; the project's own pod network
 // (test/e2e/cni) is installed instead, because kindnetd cannot be built offline. The node image
@@ -37,6 +43,10 @@ import (
 // NodeImageEnv names the environment variable holding the node image to use.
 const NodeImageEnv = "ROTATE_CERTS_NODE_IMAGE"
 
+// ClusterPrefixEnv names an optional prefix for every cluster name (e.g. "rc-ver-"), so that
+// several suites can share one Docker daemon.
+const ClusterPrefixEnv = "ROTATE_CERTS_E2E_CLUSTER_PREFIX"
+
 // DefaultReadyTimeout bounds the wait for Ready nodes and running CoreDNS when the context
 // passed to CreateCluster has no deadline.
 const DefaultReadyTimeout = 5 * time.Minute
@@ -46,13 +56,17 @@ type Options struct {
 	// Name is the kind cluster name; node containers are named <Name>-control-plane,
 	// <Name>-control-plane2, <Name>-worker, ... Defaults to "rotate-certs-e2e".
 	Name string
-	// ControlPlanes defaults to 1; with more than one kind adds its haproxy load balancer.
+	// ControlPlanes defaults to 1; with more than one kind adds its load balancer (envoy).
 	ControlPlanes, Workers int
 	// NodeImage defaults to NodeImageFromEnv().
 	NodeImage string
 	// KubeconfigPath is where kind writes the external (host-reachable) kubeconfig. Defaults
 	// to a file in os.TempDir() that Delete removes.
 	KubeconfigPath string
+	// KubeadmConfigPatches are kind kubeadmConfigPatches (merge patches matched by kind and,
+	// if they name one, apiVersion: kind silently drops a patch whose apiVersion is not the one
+	// it writes, kubeadm.k8s.io/v1beta4 from Kubernetes 1.36, v1beta3 before).
+	KubeadmConfigPatches []string
 }
 
 // Cluster is a running kind cluster.
@@ -63,8 +77,8 @@ type Cluster struct {
 	provider       *kindcluster.Provider
 }
 
-// NodeImageFromEnv returns $ROTATE_CERTS_NODE_IMAGE, else kind v0.30.0's default upstream
-// node image (which cannot be pulled on machines without a registry).
+// NodeImageFromEnv returns $ROTATE_CERTS_NODE_IMAGE, else kind's default upstream node image
+// (which cannot be pulled on machines without a registry).
 func NodeImageFromEnv() string {
 	if img := strings.TrimSpace(os.Getenv(NodeImageEnv)); img != "" {
 		return img
@@ -81,6 +95,7 @@ func CreateCluster(ctx context.Context, o Options, log io.Writer) (*Cluster, err
 	if o.Name == "" {
 		o.Name = "rotate-certs-e2e"
 	}
+	o.Name = strings.TrimSpace(os.Getenv(ClusterPrefixEnv)) + o.Name
 	if o.ControlPlanes <= 0 {
 		o.ControlPlanes = 1
 	}
@@ -113,6 +128,11 @@ func CreateCluster(ctx context.Context, o Options, log io.Writer) (*Cluster, err
 		cfg.Nodes = append(cfg.Nodes, v1alpha4.Node{Role: v1alpha4.WorkerRole})
 	}
 	cfg.Networking.DisableDefaultCNI = true
+	hostPatches, err := hostKubeadmPatches(ctx, log)
+	if err != nil {
+		return nil, err
+	}
+	cfg.KubeadmConfigPatches = append(hostPatches, o.KubeadmConfigPatches...)
 	err = c.provider.Create(o.Name,
 		kindcluster.CreateWithV1Alpha4Config(cfg),
 		kindcluster.CreateWithNodeImage(o.NodeImage),

@@ -1,4 +1,4 @@
-// Command etcd is etcd v3.6.5's server, built from its published Go module.
+// Command etcd is etcd v3.6.8's server, built from its published Go module.
 package main
 
 import (

@@ -1,7 +1,6 @@
 //go:build tools
 
-// Package tools pins the Kubernetes commands built into the node image so that
-// `go mod tidy` keeps their dependencies in go.sum.
+// Package tools pins the commands this module builds for the node image.
 package tools
 
 import (

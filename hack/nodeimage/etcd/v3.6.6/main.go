@@ -1,0 +1,12 @@
+// Command etcd is etcd v3.6.6's server, built from its published Go module.
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() {
+	etcdmain.Main(os.Args)
+}
