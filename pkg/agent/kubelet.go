@@ -134,15 +134,10 @@ type installItem struct {
 // certificate authenticates to the API server. On any failure every file is
 // restored and the kubelet restarted on them again.
 func (a *Agent) kubeletInstall(ctx context.Context, req api.Request) (*api.RenewResult, *api.KubeletProcess, error) {
-	l, err := a.detectLayout()
+	l, t, res, err := a.beginTxn(req)
 	if err != nil {
 		return nil, nil, err
 	}
-	t, err := a.lockTxn(req)
-	if err != nil {
-		return nil, nil, err
-	}
-	res := &api.RenewResult{Notes: t.notes}
 	items, err := a.checkIssued(req, l)
 	if err != nil {
 		t.end()
@@ -190,15 +185,7 @@ func (a *Agent) kubeletInstall(ctx context.Context, req api.Request) (*api.Renew
 		return proc, nil
 	}()
 	if err != nil {
-		err = t.abort(err)
-		if restarted {
-			rctx, rcancel := a.restoreContext()
-			defer rcancel()
-			if _, rerr := a.restartKubeletAndWait(rctx, 0, nil); rerr != nil {
-				err = fmt.Errorf("%w; the kubelet did not come back on the restored files: %v", err, rerr)
-			}
-		}
-		return res, nil, err
+		return res, nil, a.abortKubelet(t, err, restarted)
 	}
 	if err := a.commit(t, res); err != nil {
 		return res, proc, err

@@ -17,15 +17,10 @@ import (
 // this node as one transaction: lock, plan everything, back up, write, then
 // restart or prove reload; on any failure restore the backup.
 func (a *Agent) renew(ctx context.Context, req api.Request) (*api.RenewResult, error) {
-	l, err := a.detectLayout()
+	l, t, res, err := a.beginTxn(req)
 	if err != nil {
 		return nil, err
 	}
-	t, err := a.lockTxn(req)
-	if err != nil {
-		return nil, err
-	}
-	res := &api.RenewResult{Notes: t.notes}
 	p, err := a.plan(req, l)
 	if err != nil {
 		t.end()

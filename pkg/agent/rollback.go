@@ -28,15 +28,10 @@ func (a *Agent) listBackups() ([]api.Backup, error) {
 // restored files and proves the rest reloaded them, like a renewal. A
 // certificate that has expired since is never put back.
 func (a *Agent) rollback(ctx context.Context, req api.Request) (*api.RenewResult, *api.KubeletProcess, error) {
-	l, err := a.detectLayout()
+	l, t, res, err := a.beginTxn(req)
 	if err != nil {
 		return nil, nil, err
 	}
-	t, err := a.lockTxn(req)
-	if err != nil {
-		return nil, nil, err
-	}
-	res := &api.RenewResult{Notes: t.notes}
 	sources, entries, err := a.rollbackEntries(req)
 	if err != nil {
 		t.end()
@@ -82,15 +77,7 @@ func (a *Agent) rollback(ctx context.Context, req api.Request) (*api.RenewResult
 		return nil
 	}()
 	if err != nil {
-		err = t.abort(err)
-		if kubeletRestarted {
-			rctx, rcancel := a.restoreContext()
-			defer rcancel()
-			if _, rerr := a.restartKubeletAndWait(rctx, 0, nil); rerr != nil {
-				err = fmt.Errorf("%w; the kubelet did not come back: %v", err, rerr)
-			}
-		}
-		return res, nil, err
+		return res, nil, a.abortKubelet(t, err, kubeletRestarted)
 	}
 	if err := a.commit(t, res); err != nil {
 		return res, proc, err

@@ -49,6 +49,34 @@ func outcomeOf(err error) api.Outcome {
 	return api.Unchanged
 }
 
+// beginTxn reads the node's layout and takes its lock (restoring an
+// interrupted transaction first). The result carries what that found.
+func (a *Agent) beginTxn(req api.Request) (layout, *txn, *api.RenewResult, error) {
+	l, err := a.detectLayout()
+	if err != nil {
+		return l, nil, nil, err
+	}
+	t, err := a.lockTxn(req)
+	if err != nil {
+		return l, nil, nil, err
+	}
+	return l, t, &api.RenewResult{Notes: t.notes}, nil
+}
+
+// abortKubelet restores the transaction's files and, if the kubelet was
+// restarted on the new ones, restarts it on the restored ones.
+func (a *Agent) abortKubelet(t *txn, cause error, restarted bool) error {
+	err := t.abort(cause)
+	if restarted {
+		ctx, cancel := a.restoreContext()
+		defer cancel()
+		if _, rerr := a.restartKubeletAndWait(ctx, 0, nil); rerr != nil {
+			err = fmt.Errorf("%w; the kubelet did not come back on the restored files: %v", err, rerr)
+		}
+	}
+	return err
+}
+
 // lockTxn takes the node's lock and restores whatever transaction an agent
 // left unfinished (killed pod, node reboot).
 func (a *Agent) lockTxn(req api.Request) (*txn, error) {
