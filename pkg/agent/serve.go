@@ -73,7 +73,10 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	}
 }
 
+// touch records a request (creating the results directory, private, where
+// a transport runs the agent on the host).
 func touch(dir string) {
+	_ = os.MkdirAll(dir, 0o700)
 	p := filepath.Join(dir, aliveFile)
 	now := time.Now()
 	if err := os.Chtimes(p, now, now); errors.Is(err, fs.ErrNotExist) {
@@ -116,12 +119,13 @@ var validID = regexp.MustCompile(`^[a-z0-9-]{1,64}$`)
 // that asked for it, and returns a function that waits for its end.
 type Launcher func(id string) (wait func() error, err error)
 
-// DetachedLauncher runs "<self> agent run --id ID" in its own session.
+// DetachedLauncher runs "<self> agent run --id ID" (with the same root and
+// results directory) in its own session.
 // The container runtime kills an exec'd process when its stream goes away,
 // and the stream goes away exactly when an action restarts kube-apiserver
 // or the kubelet (they carry it). A detached child finishes the action (or
 // its rollback) and files the result whatever happens to the stream.
-func DetachedLauncher(resultsDir string) Launcher {
+func DetachedLauncher(root, resultsDir string) Launcher {
 	return func(id string) (func() error, error) {
 		self, err := os.Executable()
 		if err != nil {
@@ -131,7 +135,7 @@ func DetachedLauncher(resultsDir string) Launcher {
 		if err != nil {
 			return nil, err
 		}
-		cmd := exec.Command(self, "agent", "run", "--id", id)
+		cmd := exec.Command(self, "agent", "--root", root, "--results", resultsDir, "run", "--id", id)
 		cmd.Stdout, cmd.Stderr = logFile, logFile
 		detach(cmd)
 		if err := cmd.Start(); err != nil {

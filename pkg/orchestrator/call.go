@@ -20,14 +20,35 @@ import (
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/version"
 )
 
-// agentPod is a running agent on one node.
+// agentPod is a running agent on one node: in an agent pod, or run through
+// a transport (recover).
 type agentPod struct {
 	node         string
 	run          string // the run ID its CSRs and backups are tagged with
-	pod          string
+	conn         agentConn
 	controlPlane bool
 	obj          *corev1.Node
 }
+
+// agentConn runs the agent's subcommands ("exec", "result", "ping") on one
+// node and returns their stdout.
+type agentConn interface {
+	agent(ctx context.Context, args []string, stdin []byte) ([]byte, error)
+	// id names the connection (the pod) for the keep-alive pings.
+	id() string
+}
+
+// podConn reaches an agent pod through the pods/exec subresource.
+type podConn struct {
+	exec Executor
+	pod  string
+}
+
+func (p podConn) agent(ctx context.Context, args []string, stdin []byte) ([]byte, error) {
+	return p.exec.Exec(ctx, Namespace, p.pod, containerName, append([]string{api.Binary, "agent"}, args...), stdin)
+}
+
+func (p podConn) id() string { return p.pod }
 
 // AgentError is a request the agent answered with a failure. Outcome says
 // what became of the node; callers decide on it, never on the message.
@@ -148,11 +169,11 @@ func (r *Runner) deliver(ctx context.Context, ap agentPod, req api.Request, in [
 		var out []byte
 		var err error
 		if send {
-			out, err = r.Exec.Exec(ctx, Namespace, ap.pod, containerName, []string{api.Binary, "agent", "exec"}, in)
+			out, err = ap.conn.agent(ctx, []string{"exec"}, in)
 		} else {
-			out, err = r.Exec.Exec(ctx, Namespace, ap.pod, containerName, []string{api.Binary, "agent", "result", "--id", req.ID}, nil)
+			out, err = ap.conn.agent(ctx, []string{"result", "--id", req.ID}, nil)
 		}
-		r.touched(ap.pod)
+		r.touched(ap.conn.id())
 		res, perr := decodeResult(out, ap.node)
 		switch {
 		case perr == nil && res.Outcome == api.NotReceived:

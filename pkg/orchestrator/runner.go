@@ -167,13 +167,14 @@ func (r *Runner) startAgents(ctx context.Context, nodes []corev1.Node, runID str
 	pods := make([]agentPod, len(nodes))
 	errs := forEach(ctx, len(nodes), parallelism, func(i int) error {
 		n := &nodes[i]
+		pods[i] = agentPod{node: n.Name, run: runID, controlPlane: IsControlPlane(n), obj: n}
 		o := PodSpecOptions{Node: n.Name, Image: r.Image, RunID: runID, Access: access(n),
 			Idle: agentIdle, Deadline: deadline, Grace: api.TransactionTimeout(r.Timeout) + 30*time.Second}
 		p, err := startPod(ctx, r.Client, o, r.Timeout)
 		if err != nil {
 			return err
 		}
-		pods[i] = agentPod{node: n.Name, pod: p.Name, run: runID, controlPlane: IsControlPlane(n), obj: n}
+		pods[i] = agentPod{node: n.Name, conn: podConn{exec: r.Exec, pod: p.Name}, run: runID, controlPlane: IsControlPlane(n), obj: n}
 		r.touched(p.Name)
 		return nil
 	})
@@ -207,14 +208,18 @@ func (r *Runner) keepAlive(pods []agentPod) (stop func()) {
 			}
 			for _, ap := range pods {
 				r.mu.Lock()
-				last := r.lastCall[ap.pod]
+				if ap.conn == nil {
+					r.mu.Unlock()
+					continue
+				}
+				last := r.lastCall[ap.conn.id()]
 				r.mu.Unlock()
-				if ap.pod == "" || time.Since(last) < agentIdle/5 {
+				if time.Since(last) < agentIdle/5 {
 					continue
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				if _, err := r.Exec.Exec(ctx, Namespace, ap.pod, containerName, []string{api.Binary, "agent", "ping"}, nil); err == nil {
-					r.touched(ap.pod)
+				if _, err := ap.conn.agent(ctx, []string{"ping"}, nil); err == nil {
+					r.touched(ap.conn.id())
 				}
 				cancel()
 			}
