@@ -99,6 +99,14 @@ func (a *Agent) Handle(ctx context.Context, req api.Request) api.Result {
 		err = a.discardPending(req)
 	case api.Recover:
 		err = a.recover(req)
+	case api.RecoverRenew:
+		res.Renew, err = a.recoverRenew(req)
+	case api.RecoverRestart:
+		res.Renew, res.Kubelet, err = a.recoverRestart(ctx, req)
+	case api.SignKubeletClient:
+		res.Certificate, err = a.signKubeletClient(req)
+	case api.ReadAdminKubeconfig:
+		res.Kubeconfig, err = a.readAdminKubeconfig()
 	case api.Ping:
 	default:
 		err = fmt.Errorf("unknown action %q", req.Action)

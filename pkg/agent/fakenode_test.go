@@ -55,10 +55,17 @@ type fakeNode struct {
 // cluster, whose API server it then uses.
 func newFakeNode(t *testing.T, name string, alg pkitest.Algorithm, cp *fakeNode) *fakeNode {
 	t.Helper()
+	return newFakeNodeSince(t, name, alg, cp, time.Now().Add(-300*24*time.Hour))
+}
+
+// newFakeNodeSince is newFakeNode for a control plane whose PKI was made at
+// start (its leaves expired if that is more than a year ago).
+func newFakeNodeSince(t *testing.T, name string, alg pkitest.Algorithm, cp *fakeNode, start time.Time) *fakeNode {
+	t.Helper()
 	f := &fakeNode{t: t, root: t.TempDir(), name: name, allowed: map[string]bool{}, restarts: map[string]int{}}
 	var api string
 	if cp == nil {
-		f.node = pkitest.ControlPlane(t, f.root, name, alg)
+		f.node = pkitest.ControlPlaneSince(t, f.root, name, alg, start)
 		api = f.serveTLS(f.fileCert("etc/kubernetes/pki/apiserver"), f.pool(pki.ClusterCA), tls.VerifyClientCertIfGiven, http.HandlerFunc(f.apiServer))
 	} else {
 		ca, err := pki.LoadAuthority(cp.root, pki.ClusterCA)

@@ -65,6 +65,9 @@ func (a *Agent) inspect(req api.Request) (*api.InspectResult, error) {
 	}
 	now := a.Now()
 	res := &api.InspectResult{ControlPlane: l.controlPlane, ServingByCSR: l.servingByCSR}
+	if c, err := pki.ReadCertificate(a.Root, pki.Cert{CertFile: pki.KubeletClientCurrent}); err == nil {
+		res.NodeName = strings.TrimPrefix(c.Subject.CommonName, "system:node:")
+	}
 	for _, c := range l.certsOnNode() {
 		res.Certs = append(res.Certs, a.certInfo(req.Node, c, now))
 	}
@@ -148,6 +151,11 @@ func (a *Agent) caInfo(node string, ca pki.CA, l layout, now time.Time) api.Cert
 // nodePlan is the outcome of checking a renewal before anything is written.
 type nodePlan struct {
 	renewals []*pki.Renewal
+	// missing are certificates recover creates anew; creations and newCAs
+	// what it will write for them.
+	missing     []pki.Cert
+	newCAs      []pki.File
+	authorities map[string]*pki.Authority
 	kubelet  []pki.Cert // renewed through CSR or self-signed in the kubelet actions
 	services map[pki.Service]bool
 	changes  []api.PlannedChange
@@ -182,7 +190,7 @@ func (a *Agent) plan(req api.Request, l layout) (*nodePlan, error) {
 		validity = 365 * 24 * time.Hour
 	}
 	now := a.Now()
-	authorities := map[string]*pki.Authority{}
+	p.authorities = map[string]*pki.Authority{}
 	dirs := map[string]bool{}
 	for _, c := range l.certsOnNode() {
 		if !p.services[c.Service] {
@@ -190,7 +198,11 @@ func (a *Agent) plan(req api.Request, l layout) (*nodePlan, error) {
 		}
 		cert, err := pki.ReadCertificate(a.Root, c)
 		if errors.Is(err, pki.ErrMissing) {
-			if !c.Optional {
+			switch {
+			case req.Recover && pki.Creatable(c):
+				p.missing = append(p.missing, c)
+				dirs[parentDir(c.Path())] = true
+			case !c.Optional:
 				p.problems = append(p.problems, fmt.Sprintf("%s: /%s is missing", c.Name, c.Path()))
 			}
 			continue
@@ -205,22 +217,7 @@ func (a *Agent) plan(req api.Request, l layout) (*nodePlan, error) {
 			p.changes = append(p.changes, plannedChange(c, cert))
 			continue
 		}
-		auth, ok := authorities[c.CA.Name]
-		if !ok {
-			auth, err = pki.LoadAuthority(a.Root, c.CA)
-			if errors.Is(err, pki.ErrExternalCA) {
-				p.notes = append(p.notes, fmt.Sprintf("CA %s is externally managed (/%s without its key): its certificates are not renewed here", c.CA.Name, c.CA.KeyFile))
-			} else if err != nil {
-				p.problems = append(p.problems, fmt.Sprintf("%v (a missing or corrupt CA must be restored before rotating; this tool never changes CAs)", err))
-			}
-			if auth != nil {
-				if err := usableCA(auth, now); err != nil {
-					p.problems = append(p.problems, err.Error())
-					auth = nil
-				}
-			}
-			authorities[c.CA.Name] = auth
-		}
+		auth := p.authority(a.Root, c.CA, now)
 		if auth == nil {
 			continue
 		}
@@ -234,6 +231,9 @@ func (a *Agent) plan(req api.Request, l layout) (*nodePlan, error) {
 		}
 		p.renewals = append(p.renewals, r)
 		p.changes = append(p.changes, plannedChange(c, r.Old))
+	}
+	if len(p.missing) > 0 {
+		a.planCreations(p, l, validity, now)
 	}
 	if req.ReadOnly {
 		// An unprivileged pod with read-only mounts: what needs writing or
@@ -255,8 +255,33 @@ func (a *Agent) plan(req api.Request, l layout) (*nodePlan, error) {
 }
 
 func plannedChange(c pki.Cert, cert *x509.Certificate) api.PlannedChange {
-	return api.PlannedChange{Name: c.Name, Service: string(c.Service), Path: "/" + c.Path(), Serial: cert.SerialNumber.String(),
-		NotBefore: cert.NotBefore.UTC(), NotAfter: cert.NotAfter.UTC()}
+	pc := api.PlannedChange{Name: c.Name, Service: string(c.Service), Path: "/" + c.Path()}
+	if cert != nil {
+		pc.Serial, pc.NotBefore, pc.NotAfter = cert.SerialNumber.String(), cert.NotBefore.UTC(), cert.NotAfter.UTC()
+	}
+	return pc
+}
+
+// authority loads a CA once per plan; a CA that cannot sign (external,
+// missing, corrupt, expired) is noted or made a problem, and nil.
+func (p *nodePlan) authority(root string, ca pki.CA, now time.Time) *pki.Authority {
+	if auth, ok := p.authorities[ca.Name]; ok {
+		return auth
+	}
+	auth, err := pki.LoadAuthority(root, ca)
+	if errors.Is(err, pki.ErrExternalCA) {
+		p.notes = append(p.notes, fmt.Sprintf("CA %s is externally managed (/%s without its key): its certificates are not renewed here", ca.Name, ca.KeyFile))
+	} else if err != nil {
+		p.problems = append(p.problems, fmt.Sprintf("%v (a missing or corrupt CA must be restored before rotating; this tool never changes CAs)", err))
+	}
+	if auth != nil {
+		if err := usableCA(auth, now); err != nil {
+			p.problems = append(p.problems, err.Error())
+			auth = nil
+		}
+	}
+	p.authorities[ca.Name] = auth
+	return auth
 }
 
 // usableCA refuses a CA that is not valid now: whatever it signed would be

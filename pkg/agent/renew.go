@@ -71,12 +71,7 @@ func (a *Agent) applyRenewals(ctx context.Context, req api.Request, l layout, p 
 		}
 		changed[r.Cert.Service] = true
 		serials[r.Cert.Name] = r.New.Cert.SerialNumber.String()
-		res.Changes = append(res.Changes, api.Change{
-			Name: r.Cert.Name, Path: "/" + r.Cert.Path(),
-			OldSerial: r.Old.SerialNumber.String(), NewSerial: r.New.Cert.SerialNumber.String(),
-			OldNotAfter: r.Old.NotAfter.UTC(), NewNotAfter: r.New.Cert.NotAfter.UTC(),
-			CappedToCA: r.New.Capped,
-		})
+		res.Changes = append(res.Changes, renewalChange(r))
 	}
 	return a.settle(ctx, l, p.services, changed, serials, req.Restart == api.RestartAll, res)
 }

@@ -54,6 +54,25 @@ const (
 	// Recover takes the node's lock and restores a transaction whose agent
 	// died, if there is one; it changes nothing else.
 	Recover Action = "recover"
+	// RecoverRenew (recover, on a control plane) renews, as one
+	// transaction, every certificate and kubeconfig --all renews, creates
+	// what the static pods reference but is missing (front-proxy CA and
+	// client, etcd's healthcheck client), and gives the node's kubelet a
+	// client certificate signed here by the cluster CA. It restarts
+	// nothing: with every certificate expired, etcd's members only regain
+	// quorum once all of them have new ones.
+	RecoverRenew Action = "recover-renew"
+	// RecoverRestart (recover, on a control plane, after RecoverRenew on
+	// every one) restarts the static pods and the kubelet without the API
+	// and waits until etcd and kube-apiserver serve the new certificates.
+	RecoverRestart Action = "recover-restart"
+	// SignKubeletClient (recover, on a control plane) checks a worker's
+	// kubelet client request as the plugin would and signs it with the
+	// cluster CA: the CA key never leaves the control plane.
+	SignKubeletClient Action = "sign-kubelet-client"
+	// ReadAdminKubeconfig (recover) returns the renewed admin.conf, the
+	// user's way back into the cluster.
+	ReadAdminKubeconfig Action = "read-admin-kubeconfig"
 	// Ping only proves the plugin is still there (the agent pod exits on
 	// its own when no request came for a while).
 	Ping Action = "ping"
@@ -134,6 +153,13 @@ type Request struct {
 	Backup string `json:"backup,omitempty"`
 	// RollbackRun names the run whose backups Rollback restores.
 	RollbackRun string `json:"rollbackRun,omitempty"`
+	// Recover plans as recover does: certificates may have expired, and
+	// what the static pods reference but is missing is created.
+	Recover bool `json:"recover,omitempty"`
+	// CSR is a worker's kubelet client request for SignKubeletClient,
+	// and SignFor the node it must be for.
+	CSR     *CSR   `json:"csr,omitempty"`
+	SignFor string `json:"signFor,omitempty"`
 	// Issued maps a certificate name (kubelet-client, kubelet-serving) to
 	// the PEM certificate the cluster issued for the node's request.
 	Issued map[string]string `json:"issued,omitempty"`
@@ -152,6 +178,10 @@ type Result struct {
 	CSRs    []CSR           `json:"csrs,omitempty"`
 	Kubelet *KubeletProcess `json:"kubelet,omitempty"`
 	Backups []Backup        `json:"backups,omitempty"`
+	// Certificate is what SignKubeletClient issued (PEM).
+	Certificate string `json:"certificate,omitempty"`
+	// Kubeconfig is the admin.conf ReadAdminKubeconfig read.
+	Kubeconfig string `json:"kubeconfig,omitempty"`
 }
 
 // CertInfo describes one certificate on a node (the status schema).
@@ -178,9 +208,16 @@ type InspectResult struct {
 	ControlPlane bool `json:"controlPlane"`
 	// ServingByCSR: the kubelet's serving certificate comes from the CSR
 	// API (serverTLSBootstrap), signed by kubernetes.io/kubelet-serving.
-	ServingByCSR bool       `json:"servingByCSR,omitempty"`
-	Certs        []CertInfo `json:"certs"`
-	CAs          []CertInfo `json:"cas"`
+	ServingByCSR bool `json:"servingByCSR,omitempty"`
+	// NodeName is the node's name in the cluster, as its kubelet's client
+	// certificate says (system:node:<name>); a transport may reach the node
+	// by another name.
+	NodeName string `json:"nodeName,omitempty"`
+	// Arch is the node's machine (GOARCH), for the agent binary a
+	// transport copies there.
+	Arch  string     `json:"arch,omitempty"`
+	Certs []CertInfo `json:"certs"`
+	CAs   []CertInfo `json:"cas"`
 	// Problems are reasons the requested renewal cannot proceed on this
 	// node. The plugin changes no node while any node reports one.
 	Problems []string `json:"problems,omitempty"`

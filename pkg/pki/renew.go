@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -231,4 +232,127 @@ func PlanRenewal(root string, c Cert, a *Authority, validity time.Duration, now 
 		{Path: c.KeyFile, Data: issued.KeyPEM, Mode: 0o600},
 	}
 	return r, nil
+}
+
+// created are kubeadm's leaf certificates that recover creates when the
+// static pods reference them but they are missing (clusters made by older
+// tools lack the front-proxy client; some lost etcd's healthcheck client):
+// kubeadm's subject and usages, signed by their CA.
+var created = map[string]string{
+	"front-proxy-client":      "front-proxy-client",
+	"etcd-healthcheck-client": "kube-etcd-healthcheck-client",
+}
+
+// Creatable tells whether a missing inventory entry can be created anew.
+func Creatable(c Cert) bool {
+	_, ok := created[c.Name]
+	return ok && c.Method == SignedOnDisk && c.Kubeconfig == ""
+}
+
+// PlanCreation computes (in memory) a new certificate and key for a
+// missing entry that Creatable allows, with a key like keyLike.
+func PlanCreation(c Cert, a *Authority, keyLike crypto.PublicKey, validity time.Duration, now time.Time) (*Renewal, error) {
+	cn, ok := created[c.Name]
+	if !ok {
+		return nil, fmt.Errorf("%s is not created anew: restore it or re-create it with kubeadm", c.Name)
+	}
+	tmpl := &x509.Certificate{
+		Subject:     pkix.Name{CommonName: cn},
+		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	issued, err := a.Issue(tmpl, keyLike, validity, now)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", c.Name, err)
+	}
+	return &Renewal{Cert: c, New: issued, Files: []File{
+		{Path: c.CertFile, Data: issued.CertPEM, Mode: 0o644},
+		{Path: c.KeyFile, Data: issued.KeyPEM, Mode: 0o600},
+	}}, nil
+}
+
+// Issue signs tmpl (subject, names, usages) for a new key like keyLike,
+// with a new serial and the given validity.
+func (a *Authority) Issue(tmpl *x509.Certificate, keyLike crypto.PublicKey, validity time.Duration, now time.Time) (*Issued, error) {
+	key, err := NewKeyLike(keyLike)
+	if err != nil {
+		return nil, err
+	}
+	t, err := Template(tmpl, validity, now)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := key.(*ecdsa.PrivateKey); ok {
+		t.KeyUsage &^= x509.KeyUsageKeyEncipherment
+	}
+	cert, capped, err := a.Sign(t, key.Public())
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, err := EncodeKeyPEM(key)
+	if err != nil {
+		return nil, err
+	}
+	return &Issued{Cert: cert, CertPEM: EncodeCertPEM(cert), KeyPEM: keyPEM, Capped: capped}, nil
+}
+
+// NewCA makes a new self-signed CA (for a front-proxy CA that is missing
+// altogether), with a key like keyLike.
+func NewCA(ca CA, cn string, keyLike crypto.PublicKey, validity time.Duration, now time.Time) (*Authority, []File, error) {
+	key, err := NewKeyLike(keyLike)
+	if err != nil {
+		return nil, nil, err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial.Add(serial, big.NewInt(1)), Subject: pkix.Name{CommonName: cn},
+		NotBefore: now.Add(-ClockSkew).UTC(), NotAfter: now.Add(validity).UTC(),
+		IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("CA %s: %w", ca.Name, err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, nil, err
+	}
+	keyPEM, err := EncodeKeyPEM(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	files := []File{{Path: ca.CertFile, Data: EncodeCertPEM(cert), Mode: 0o644}, {Path: ca.KeyFile, Data: keyPEM, Mode: 0o600}}
+	return &Authority{CA: ca, Cert: cert, Key: key}, files, nil
+}
+
+// KubeletClientTemplate is what the cluster's kubelet client signer issues
+// for a node: system:node:<node> in system:nodes, client auth.
+func KubeletClientTemplate(node string) *x509.Certificate {
+	return &x509.Certificate{
+		Subject:     KubeletClientSubject(node),
+		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+}
+
+// SignRequest signs a checked certificate request with tmpl's usages and
+// the request's subject and names.
+func (a *Authority) SignRequest(req *x509.CertificateRequest, tmpl *x509.Certificate, validity time.Duration, now time.Time) ([]byte, error) {
+	t, err := Template(&x509.Certificate{Subject: req.Subject, RawSubject: req.RawSubject, DNSNames: req.DNSNames, IPAddresses: req.IPAddresses,
+		KeyUsage: tmpl.KeyUsage, ExtKeyUsage: tmpl.ExtKeyUsage}, validity, now)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := req.PublicKey.(*ecdsa.PublicKey); ok {
+		t.KeyUsage &^= x509.KeyUsageKeyEncipherment
+	}
+	cert, _, err := a.Sign(t, req.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	return EncodeCertPEM(cert), nil
 }

@@ -159,7 +159,14 @@ var (
 // ControlPlane lays out a kubeadm control-plane node below root.
 func ControlPlane(t testing.TB, root, name string, alg Algorithm) *Node {
 	t.Helper()
-	n := &Node{Root: root, Name: name, Alg: alg, Start: time.Now().Add(-300 * 24 * time.Hour).Truncate(time.Second), Validity: 365 * 24 * time.Hour}
+	return ControlPlaneSince(t, root, name, alg, time.Now().Add(-300*24*time.Hour))
+}
+
+// ControlPlaneSince lays out a control plane whose PKI was made at start:
+// its leaves (a year each) expired if start lies more than a year back.
+func ControlPlaneSince(t testing.TB, root, name string, alg Algorithm, start time.Time) *Node {
+	t.Helper()
+	n := &Node{Root: root, Name: name, Alg: alg, Start: start.Truncate(time.Second), Validity: 365 * 24 * time.Hour}
 	ca := n.NewCA(t, pki.ClusterCA, "kubernetes")
 	etcdCA := n.NewCA(t, pki.EtcdCA, "etcd-ca")
 	fpCA := n.NewCA(t, pki.FrontProxyCA, "front-proxy-ca")
@@ -206,7 +213,7 @@ func ControlPlane(t testing.TB, root, name string, alg Algorithm) *Node {
 // certificate is signed by the given cluster CA.
 func Worker(t testing.TB, root, name string, alg Algorithm, ca *pki.Authority) *Node {
 	t.Helper()
-	n := &Node{Root: root, Name: name, Alg: alg, Start: time.Now().Add(-300 * 24 * time.Hour).Truncate(time.Second), Validity: 365 * 24 * time.Hour}
+	n := &Node{Root: root, Name: name, Alg: alg, Start: ca.Cert.NotBefore.Add(65 * 24 * time.Hour).Truncate(time.Second), Validity: 365 * 24 * time.Hour}
 	n.write(t, pki.ClusterCA.CertFile, pki.EncodeCertPEM(ca.Cert), 0o644)
 	n.kubelet(t, ca)
 	return n
@@ -282,7 +289,7 @@ metadata: {name: kube-apiserver, namespace: kube-system}
 spec:
   containers:
   - name: kube-apiserver
-    command: [kube-apiserver, --secure-port=%[1]s, --etcd-servers=https://127.0.0.1:2379]
+    command: [kube-apiserver, --secure-port=%[1]s, --etcd-servers=https://127.0.0.1:2379, --requestheader-client-ca-file=/etc/kubernetes/pki/front-proxy-ca.crt, --proxy-client-cert-file=/etc/kubernetes/pki/front-proxy-client.crt, --proxy-client-key-file=/etc/kubernetes/pki/front-proxy-client.key]
     ports: [{containerPort: %[1]s, name: probe-port, protocol: TCP}]
     readinessProbe: {httpGet: {host: %[2]s, path: /readyz, port: probe-port, scheme: HTTPS}}
 `
