@@ -30,6 +30,10 @@ func TestRotateFlagValidation(t *testing.T) {
 		"validity overflows": {[]string{"--all", "--validity", "600000h"}, "longer than a CertificateSigningRequest can ask for"},
 		"no backups kept":    {[]string{"--all", "--keep-backups", "0"}, "--keep-backups must be at least 1"},
 		"bad rollback run":   {[]string{"rollback", "--run", "../etc"}, "is not a run ID"},
+		"recover, no nodes":  {[]string{"recover"}, "exactly one of --kind-cluster NAME, --ssh HOSTS or --local"},
+		"recover, two ways":  {[]string{"recover", "--local", "--kind-cluster", "x"}, "exactly one of"},
+		"recover, bad hosts": {[]string{"recover", "--ssh", "a,,b@"}, `--ssh: SSH target "b@": no host`},
+		"recover, kind file": {[]string{"recover", "--kind-cluster", "x", "--write-kubeconfig", "f"}, "--write-kubeconfig is for --ssh and --local"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {

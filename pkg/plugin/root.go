@@ -42,7 +42,7 @@ Private keys never leave the node they live on.`,
 	cmd.SetOut(streams.Out)
 	cmd.SetErr(streams.ErrOut)
 	cmd.SetVersionTemplate("{{.Version}}\n")
-	cmd.AddCommand(newCmdVersion(streams), NewCmdStatus(streams), NewCmdRollback(streams), newCmdAgent(streams))
+	cmd.AddCommand(newCmdVersion(streams), NewCmdStatus(streams), NewCmdRollback(streams), NewCmdRecover(streams), newCmdAgent(streams))
 	return cmd
 }
 
