@@ -156,11 +156,11 @@ type nodePlan struct {
 	missing     []pki.Cert
 	newCAs      []pki.File
 	authorities map[string]*pki.Authority
-	kubelet  []pki.Cert // renewed through CSR or self-signed in the kubelet actions
-	services map[pki.Service]bool
-	changes  []api.PlannedChange
-	problems []string
-	notes    []string
+	kubelet     []pki.Cert // renewed through CSR or self-signed in the kubelet actions
+	services    map[pki.Service]bool
+	changes     []api.PlannedChange
+	problems    []string
+	notes       []string
 }
 
 // plan computes, in memory, every renewal the request asks of this node and

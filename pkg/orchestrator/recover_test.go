@@ -228,4 +228,3 @@ func (c corruptingHost) Run(ctx context.Context, argv []string, stdin io.Reader)
 	}
 	return c.fakeHost.Run(ctx, argv, stdin)
 }
-
