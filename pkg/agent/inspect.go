@@ -79,6 +79,13 @@ func (a *Agent) inspect(req api.Request) (*api.InspectResult, error) {
 		}
 		res.CAs = append(res.CAs, a.caInfo(req.Node, ca, l, now))
 	}
+	if all, err := listBackups(a.Root); err == nil {
+		for _, b := range all {
+			info := b.info()
+			info.Paths = nil
+			res.Backups = append(res.Backups, info)
+		}
+	}
 	if len(req.Services) > 0 {
 		p, err := a.plan(req, l)
 		if err != nil {

@@ -227,6 +227,9 @@ type InspectResult struct {
 	Notes []string `json:"notes,omitempty"`
 	// Plan lists the files the renewal would change.
 	Plan []PlannedChange `json:"plan,omitempty"`
+	// Backups are the node's backups (without their paths): a committed
+	// one tagged with a run says that run's step is done on the node.
+	Backups []Backup `json:"backups,omitempty"`
 }
 
 // PlannedChange is one certificate a renewal would replace.

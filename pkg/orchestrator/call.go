@@ -107,19 +107,8 @@ func (r *Runner) change(ctx context.Context, ap agentPod, req api.Request) (*api
 	}
 	r.setInFlight(ap.node, req.Action)
 	defer r.setInFlight(ap.node, "")
-	cctx, cancel := context.WithCancel(r.drain())
+	cctx, cancel := r.finishing(ctx)
 	defer cancel()
-	go func() {
-		select {
-		case <-ctx.Done():
-			select {
-			case <-time.After(api.TransactionTimeout(r.Timeout) + 30*time.Second):
-				cancel()
-			case <-cctx.Done():
-			}
-		case <-cctx.Done():
-		}
-	}()
 	res, err := r.call(cctx, ap, req)
 	if ctx.Err() != nil {
 		r.logf("node %s: the %s in progress when interrupted ended: %s", ap.node, req.Action, describeOutcome(res, err))
@@ -133,6 +122,25 @@ func (r *Runner) change(ctx context.Context, ap agentPod, req api.Request) (*api
 		}
 	}
 	return res, err
+}
+
+// finishing returns a context for finishing what was started on a node:
+// it outlives ctx (an interrupt) by a transaction's bound, and ends at once
+// when the user insists (Drain).
+func (r *Runner) finishing(ctx context.Context) (context.Context, context.CancelFunc) {
+	fctx, cancel := context.WithCancel(r.drain())
+	go func() {
+		select {
+		case <-ctx.Done():
+			select {
+			case <-time.After(api.TransactionTimeout(r.Timeout) + 30*time.Second):
+				cancel()
+			case <-fctx.Done():
+			}
+		case <-fctx.Done():
+		}
+	}()
+	return fctx, cancel
 }
 
 // describeOutcome says in words what became of a node.

@@ -42,7 +42,11 @@ func (r *Runner) rotateKubelet(ctx context.Context, ap agentPod, o RotateOptions
 	}
 	r.addChanges(rep, ap.node, inst.Renew)
 	r.logRenew(ap.node, inst.Renew)
-	if err := r.waitLeaseRenewed(ctx, ap.node, inst.Kubelet); err != nil {
+	// The step ends when the cluster sees the new kubelet: an interrupt
+	// now must not leave that unproven (nor roll a good kubelet back).
+	fctx, cancel := r.finishing(ctx)
+	defer cancel()
+	if err := r.waitLeaseRenewed(fctx, ap.node, inst.Kubelet); err != nil {
 		r.logf("node %s: %v; rolling the kubelet's files back", ap.node, err)
 		if _, rerr := r.change(r.drain(), ap, api.Request{Action: api.Rollback, Backup: inst.Renew.Backup}); rerr != nil {
 			return fmt.Errorf("%w; rollback failed too: %v", err, rerr)
@@ -120,6 +124,9 @@ func (r *Runner) waitLeaseRenewed(ctx context.Context, node string, p *api.Kubel
 		return true, nil
 	})
 	if err != nil {
+		if ctx.Err() != nil && !wait.Interrupted(err) {
+			return fmt.Errorf("node %s: stopped waiting (%s): %w", node, last, ctx.Err())
+		}
 		return fmt.Errorf("node %s: %s after %s", node, last, r.Timeout)
 	}
 	return nil

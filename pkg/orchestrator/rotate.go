@@ -277,8 +277,10 @@ func (r *Runner) inspectAll(ctx context.Context, agents []agentPod, o RotateOpti
 type skipSteps struct{ renew, kubelet bool }
 
 // resumePlan finds, after an interrupted or failed run of the same
-// services, the steps that run completed: a step is done on a node when
-// every certificate it renews there was issued after that run began.
+// services, the steps that run completed on each node: the node keeps a
+// committed backup of that run for the step (a transaction commits only
+// once its new files are verified; one rolled back or restored does not
+// count).
 func (r *Runner) resumePlan(prev *RunRecord, o RotateOptions, agents []agentPod, inspects []*api.InspectResult, rep *Report) map[string]skipSteps {
 	skip := map[string]skipSteps{}
 	if prev == nil || prev.Kind != "rotate" || prev.State == RunCompleted {
@@ -295,31 +297,20 @@ func (r *Runner) resumePlan(prev *RunRecord, o RotateOptions, agents []agentPod,
 		rep.note("run %s of the same services was %s; --resume=false: every node is renewed again", prev.ID, prev.State)
 		return skip
 	}
-	fresh := func(p api.PlannedChange) bool {
-		// A new certificate's NotBefore is its issuing time minus at most
-		// pki.ClockSkew (ours and the cluster signer's backdating).
-		return p.NotBefore.Add(pki.ClockSkew + time.Minute).After(prev.Started)
-	}
-	renewing := map[string]bool{}
-	for _, s := range o.renewServices() {
-		renewing[s] = true
-	}
 	var skipped []string
 	for i, in := range inspects {
-		st := skipSteps{renew: true, kubelet: true}
-		nRenew, nKubelet := 0, 0
-		for _, p := range in.Plan {
-			switch {
-			case p.Service == string(pki.ServiceKubelet):
-				nKubelet++
-				st.kubelet = st.kubelet && fresh(p)
-			case renewing[p.Service]:
-				nRenew++
-				st.renew = st.renew && fresh(p)
+		var st skipSteps
+		for _, b := range in.Backups {
+			if b.Run != prev.ID || b.State != api.BackupCommitted {
+				continue
+			}
+			switch b.Action {
+			case "renew":
+				st.renew = true
+			case "kubelet":
+				st.kubelet = true
 			}
 		}
-		st.renew = st.renew && nRenew > 0
-		st.kubelet = st.kubelet && nKubelet > 0
 		if st.renew || st.kubelet {
 			skip[agents[i].node] = st
 			skipped = append(skipped, fmt.Sprintf("%s (%s)", agents[i].node, st))

@@ -104,19 +104,20 @@ type fakeAgents struct {
 	failAction                 map[string]api.Action
 	failOutcome                api.Outcome // of failAction (default restored)
 	issued                     map[string]string
-	renewedAt                  map[string]time.Time // node -> when its control-plane certificates were renewed
-	kubeletAt                  map[string]time.Time // node -> when its kubelet's were
+	backups                    map[string][]api.Backup // node -> the backups its transactions committed
 	// csrs, if set, answers KubeletCSR instead of the node's own request.
 	csrs func(node string) []api.CSR
 	// renewStarted is told each node whose Renew began; renewGate, if
 	// set, holds a Renew until it can be received from.
 	renewStarted chan string
 	renewGate    chan struct{}
+	// afterInstall, if set, is called when a KubeletInstall answered.
+	afterInstall func(node string)
 }
 
 func newFakeAgents(t *testing.T, c *fake.Clientset) *fakeAgents {
 	return &fakeAgents{client: c, pid: map[string]int{}, problems: map[string]string{}, failAction: map[string]api.Action{},
-		issued: map[string]string{}, renewedAt: map[string]time.Time{}, kubeletAt: map[string]time.Time{}}
+		issued: map[string]string{}, backups: map[string][]api.Backup{}}
 }
 
 // nodeCSR is the request an honest agent on node makes.
@@ -151,15 +152,9 @@ func (f *fakeAgents) Exec(ctx context.Context, ns, pod, container string, cmd []
 	switch req.Action {
 	case api.Inspect:
 		f.mu.Lock()
-		notBefore := func(at map[string]time.Time) time.Time {
-			if t, ok := at[req.Node]; ok {
-				return t.Add(-pki.ClockSkew)
-			}
-			return time.Now().Add(-300 * 24 * time.Hour)
-		}
-		res.Inspect = &api.InspectResult{ControlPlane: cp, Plan: []api.PlannedChange{{Name: "kubelet-client", Service: "kubelet", Serial: "1", NotBefore: notBefore(f.kubeletAt)}}}
+		res.Inspect = &api.InspectResult{ControlPlane: cp, Backups: f.backups[req.Node], Plan: []api.PlannedChange{{Name: "kubelet-client", Service: "kubelet", Serial: "1"}}}
 		if cp {
-			res.Inspect.Plan = append(res.Inspect.Plan, api.PlannedChange{Name: "apiserver", Service: "kube-apiserver", Serial: "1", NotBefore: notBefore(f.renewedAt)})
+			res.Inspect.Plan = append(res.Inspect.Plan, api.PlannedChange{Name: "apiserver", Service: "kube-apiserver", Serial: "1"})
 		}
 		f.mu.Unlock()
 		if p := f.problems[req.Node]; p != "" {
@@ -180,7 +175,7 @@ func (f *fakeAgents) Exec(ctx context.Context, ns, pod, container string, cmd []
 		time.Sleep(20 * time.Millisecond)
 		f.mu.Lock()
 		f.busyControlPlanes--
-		f.renewedAt[req.Node] = time.Now()
+		f.backups[req.Node] = append(f.backups[req.Node], api.Backup{Name: "b0", Run: req.Run, Action: "renew", State: api.BackupCommitted})
 		f.mu.Unlock()
 		res.Renew = &api.RenewResult{Backup: "b0", Changes: []api.Change{{Name: "apiserver", OldSerial: "1", NewSerial: "2"}}}
 	case api.KubeletCSR:
@@ -192,11 +187,14 @@ func (f *fakeAgents) Exec(ctx context.Context, ns, pod, container string, cmd []
 	case api.KubeletInstall:
 		f.mu.Lock()
 		f.issued[req.Node] = req.Issued["kubelet-client"]
-		f.kubeletAt[req.Node] = time.Now()
+		f.backups[req.Node] = append(f.backups[req.Node], api.Backup{Name: "b1", Run: req.Run, Action: "kubelet", State: api.BackupCommitted})
 		f.pid[req.Node]++
 		res.Kubelet = &api.KubeletProcess{PID: 100 + f.pid[req.Node], StartedAt: time.Now().Add(-time.Second), Healthy: true}
 		f.mu.Unlock()
 		res.Renew = &api.RenewResult{Backup: "b1", Changes: []api.Change{{Name: "kubelet-client", OldSerial: "1", NewSerial: "2"}}}
+		if f.afterInstall != nil {
+			defer f.afterInstall(req.Node)
+		}
 	case api.RestartKubelet:
 		f.mu.Lock()
 		f.pid[req.Node]++

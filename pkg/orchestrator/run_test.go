@@ -12,6 +12,7 @@ import (
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/utils/ptr"
@@ -263,5 +264,36 @@ func TestRollbackLatestRun(t *testing.T) {
 	}
 	if _, err := newTestRunner(c, f).Rollback(context.Background(), RollbackOptions{Run: "rc-00000000000000bb", Parallelism: 1}); err == nil || !strings.Contains(err.Error(), "no selected node keeps a backup of run rc-00000000000000bb") {
 		t.Errorf("unknown run: %v", err)
+	}
+}
+
+// An interrupt right after a kubelet's transaction committed still waits
+// for the cluster to see the new kubelet, and never rolls it back.
+func TestInterruptAfterAKubeletInstallDoesNotRollItBack(t *testing.T) {
+	c := fakeCluster(t, nil, []string{"w-1"})
+	var renewed sync.Once
+	var renewedAt time.Time
+	c.PrependReactor("get", "leases", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if a.GetNamespace() != "kube-node-lease" {
+			return false, nil, nil
+		}
+		renewed.Do(func() { renewedAt = time.Now().Add(300 * time.Millisecond) })
+		rt := metav1.NewMicroTime(time.Now().Add(-time.Hour))
+		if time.Now().After(renewedAt) {
+			rt = metav1.NowMicro()
+		}
+		return true, &coordinationv1.Lease{Spec: coordinationv1.LeaseSpec{RenewTime: &rt}}, nil
+	})
+	f := newFakeAgents(t, c)
+	ctx, interrupt := context.WithCancel(context.Background())
+	f.afterInstall = func(string) { interrupt() }
+	o := allOptions()
+	o.Services = []pki.Service{pki.ServiceKubelet}
+	_, err := newTestRunner(c, f).Rotate(ctx, o)
+	if err == nil || !strings.Contains(err.Error(), "completed nodes: w-1") {
+		t.Errorf("got %v, want an interrupt after w-1 completed", err)
+	}
+	if calls := f.callsOf(api.Rollback); len(calls) > 0 {
+		t.Errorf("the interrupt rolled back %v", calls)
 	}
 }
