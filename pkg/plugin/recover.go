@@ -31,6 +31,7 @@ type RecoverOptions struct {
 	agentBinary     string
 	writeKubeconfig string
 	kubeconfig      string
+	server          string
 	validity        time.Duration
 	dryRun          bool
 
@@ -90,6 +91,7 @@ API still works.`,
 	f.StringVar(&o.agentBinary, "agent-binary", "", "kubectl-rotate_certs built for the nodes (linux/amd64 or linux/arm64) when this one is not (default: this binary)")
 	f.StringVar(&o.writeKubeconfig, "write-kubeconfig", "", "Write the renewed admin.conf here (0600), its server as it was (--ssh, --local)")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig whose kind-<cluster> context is refreshed (--kind-cluster; default as kind: $KUBECONFIG or ~/.kube/config)")
+	f.StringVar(&o.server, "server", "", "API server to check the recovered cluster through, when admin.conf's is not reachable from here (--ssh, --local)")
 	f.DurationVar(&o.validity, "validity", 8760*time.Hour, "Validity of the new certificates (capped at the CA's expiry)")
 	f.DurationVar(&o.timeout, "timeout", 5*time.Minute, "Longest wait for any single step")
 	f.IntVar(&o.parallelism, "parallelism", 2, "Worker nodes worked on at the same time (control planes always go one at a time)")
@@ -119,6 +121,9 @@ func (o *RecoverOptions) Validate() error {
 	}
 	if o.writeKubeconfig != "" && o.kindCluster != "" {
 		return errors.New("--write-kubeconfig is for --ssh and --local; with --kind-cluster the kind context of --kubeconfig is refreshed")
+	}
+	if o.server != "" && o.kindCluster != "" {
+		return errors.New("--server is for --ssh and --local; kind's own address is used with --kind-cluster")
 	}
 	if o.kubeconfig != "" && o.kindCluster == "" {
 		return errors.New("--kubeconfig is for --kind-cluster; with --ssh or --local use --write-kubeconfig")
@@ -244,6 +249,9 @@ func (o *RecoverOptions) connectRecovered(adminConf []byte) (kubernetes.Interfac
 	cfg, err := clientcmd.RESTConfigFromKubeConfig(adminConf)
 	if err != nil {
 		return nil, err
+	}
+	if o.server != "" {
+		cfg.Host = o.server
 	}
 	cfg.Timeout = 30 * time.Second
 	return kubernetes.NewForConfig(cfg)
