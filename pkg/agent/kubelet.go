@@ -84,7 +84,7 @@ func (a *Agent) kubeletCSR(req api.Request) ([]api.CSR, error) {
 		if err := pki.WriteAtomic(a.Root, pki.File{Path: pendingKeyPath(req.Run, kc.name), Data: keyPEM, Mode: 0o600}); err != nil {
 			return nil, err
 		}
-		out = append(out, api.CSR{Name: kc.name, Request: string(csrPEM)})
+		out = append(out, api.CSR{Name: kc.name, Request: string(csrPEM), KeyEncipherment: old.KeyUsage&x509.KeyUsageKeyEncipherment != 0})
 	}
 	return out, nil
 }

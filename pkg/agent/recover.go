@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"crypto/rsa"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"strings"
@@ -157,7 +159,9 @@ func (a *Agent) localKubeletClient(t *txn, req api.Request, p *nodePlan, res *ap
 	if ca == nil {
 		return errors.New("the cluster CA cannot sign: " + strings.Join(p.problems, "; "))
 	}
-	issued, err := ca.Issue(pki.KubeletClientTemplate(node), old.PublicKey, req.Validity, a.Now())
+	_, isRSA := old.PublicKey.(*rsa.PublicKey)
+	keepKE := isRSA || old.KeyUsage&x509.KeyUsageKeyEncipherment != 0
+	issued, err := ca.Issue(pki.KubeletClientTemplate(node, keepKE), old.PublicKey, req.Validity, a.Now())
 	if err != nil {
 		return err
 	}
@@ -280,7 +284,7 @@ func (a *Agent) signKubeletClient(req api.Request) (string, error) {
 	if req.CSR == nil || req.SignFor == "" {
 		return "", errors.New("no request to sign, or no node to sign it for")
 	}
-	csr, _, err := pki.CheckKubeletCSR([]byte(req.CSR.Request), req.SignFor, false, pki.NodeNames{})
+	csr, isRSA, err := pki.CheckKubeletCSR([]byte(req.CSR.Request), req.SignFor, false, pki.NodeNames{})
 	if err != nil {
 		return "", fmt.Errorf("node %s: %w", req.SignFor, err)
 	}
@@ -291,7 +295,7 @@ func (a *Agent) signKubeletClient(req api.Request) (string, error) {
 	if err := usableCA(ca, a.Now()); err != nil {
 		return "", err
 	}
-	cert, err := ca.SignRequest(csr, pki.KubeletClientTemplate(req.SignFor), req.Validity, a.Now())
+	cert, err := ca.SignRequest(csr, pki.KubeletClientTemplate(req.SignFor, isRSA || req.CSR.KeyEncipherment), req.Validity, a.Now())
 	return string(cert), err
 }
 

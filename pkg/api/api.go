@@ -279,6 +279,10 @@ type RenewResult struct {
 type CSR struct {
 	Name    string `json:"name"`    // kubelet-client or kubelet-serving
 	Request string `json:"request"` // PEM
+	// KeyEncipherment: the current certificate has that usage (kubeadm
+	// gives it whatever the key), so the new one keeps it. It grants
+	// nothing, so the plugin allows it for any key; RSA keys always get it.
+	KeyEncipherment bool `json:"keyEncipherment,omitempty"`
 }
 
 // Backup is one transaction's backup folder on a node.

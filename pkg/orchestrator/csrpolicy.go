@@ -54,7 +54,7 @@ func checkCSR(node *corev1.Node, c api.CSR) (*checkedCSR, error) {
 		return nil, fmt.Errorf("node %s: %s: %w", node.Name, c.Name, err)
 	}
 	usages := []certificatesv1.KeyUsage{certificatesv1.UsageDigitalSignature, kind.usage}
-	if rsaKey {
+	if rsaKey || c.KeyEncipherment {
 		usages = append(usages, certificatesv1.UsageKeyEncipherment)
 	}
 	return &checkedCSR{

@@ -81,6 +81,12 @@ func TestCheckCSRAcceptsWhatAKubeletAsks(t *testing.T) {
 			if c.signer != tc.signer || !slices.Equal(c.usages, tc.usages) {
 				t.Errorf("signer %s usages %v, want %s %v", c.signer, c.usages, tc.signer, tc.usages)
 			}
+			// A current certificate with key encipherment (kubeadm gives it to
+			// any key) keeps it; it grants nothing.
+			c, err = checkCSR(n, api.CSR{Name: tc.cert, Request: csrPEM(t, tc.key, &tc.req), KeyEncipherment: true})
+			if err != nil || !slices.Contains(c.usages, certificatesv1.UsageKeyEncipherment) {
+				t.Errorf("key encipherment not kept: %v %v", c, err)
+			}
 		})
 	}
 }

@@ -282,9 +282,6 @@ func (a *Authority) Issue(tmpl *x509.Certificate, keyLike crypto.PublicKey, vali
 	if err != nil {
 		return nil, err
 	}
-	if _, ok := key.(*ecdsa.PrivateKey); ok {
-		t.KeyUsage &^= x509.KeyUsageKeyEncipherment
-	}
 	cert, capped, err := a.Sign(t, key.Public())
 	if err != nil {
 		return nil, err
@@ -330,13 +327,19 @@ func NewCA(ca CA, cn string, keyLike crypto.PublicKey, validity time.Duration, n
 }
 
 // KubeletClientTemplate is what the cluster's kubelet client signer issues
-// for a node: system:node:<node> in system:nodes, client auth.
-func KubeletClientTemplate(node string) *x509.Certificate {
-	return &x509.Certificate{
+// for a node: system:node:<node> in system:nodes, client auth, digital
+// signature, and key encipherment if asked (RSA keys; kubeadm gives it to
+// any key).
+func KubeletClientTemplate(node string, keyEncipherment bool) *x509.Certificate {
+	t := &x509.Certificate{
 		Subject:     KubeletClientSubject(node),
-		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
+	if keyEncipherment {
+		t.KeyUsage |= x509.KeyUsageKeyEncipherment
+	}
+	return t
 }
 
 // SignRequest signs a checked certificate request with tmpl's usages and
@@ -346,9 +349,6 @@ func (a *Authority) SignRequest(req *x509.CertificateRequest, tmpl *x509.Certifi
 		KeyUsage: tmpl.KeyUsage, ExtKeyUsage: tmpl.ExtKeyUsage}, validity, now)
 	if err != nil {
 		return nil, err
-	}
-	if _, ok := req.PublicKey.(*ecdsa.PublicKey); ok {
-		t.KeyUsage &^= x509.KeyUsageKeyEncipherment
 	}
 	cert, _, err := a.Sign(t, req.PublicKey)
 	if err != nil {
