@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -94,7 +95,14 @@ func (e *env) nodes() []string { return append(append([]string{}, e.cps...), e.w
 // and exit error.
 func (e *env) plugin(bin string, args ...string) (stdout, stderr string, err error) {
 	e.t.Helper()
-	args = append(args, "--kubeconfig", e.cluster.KubeconfigPath(), "--image", agentImage, "--timeout", "4m")
+	switch {
+	case len(args) > 0 && args[0] == "recover" && slices.Contains(args, "--kind-cluster"):
+		args = append(args, "--kubeconfig", e.cluster.KubeconfigPath(), "--timeout", "4m")
+	case len(args) > 0 && args[0] == "recover": // no API: no kubeconfig, no image
+		args = append(args, "--timeout", "4m")
+	default:
+		args = append(args, "--kubeconfig", e.cluster.KubeconfigPath(), "--image", agentImage, "--timeout", "4m")
+	}
 	cmd := exec.Command(bin, args...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

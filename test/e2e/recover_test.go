@@ -35,6 +35,21 @@ func TestRecoverExpired(t *testing.T) {
 	ctx := context.Background()
 	cp := e.cps[0]
 	e.workload()
+	access := e.enableSSH()
+
+	// Round one, over SSH: bad input first, then the real thing.
+	e.checkRecoverRefusals(access)
+	round1 := e.snapshots()
+	e.stopUntil(e.shortenCertificates(round1, 60*time.Second).Add(10 * time.Second))
+	e.checkDead()
+	written, took := e.recoverOverSSH(access)
+	t.Logf("recover --ssh: every node Ready %s after it started", took.Round(time.Second))
+	e.checkKubeconfigWorks(written)
+	e.waitNodesReady(2 * time.Minute)
+	e.checkConsistent(e.snapshots())
+	e.checkNoAgentLeftovers()
+
+	// Round two, through kind, on an old cluster without a front-proxy CA.
 	cmBefore, err := e.client.CoreV1().ConfigMaps("default").Get(ctx, "keep-me", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -49,14 +64,14 @@ func TestRecoverExpired(t *testing.T) {
 
 	start := time.Now()
 	_, stderr, err := e.plugin(pluginBin, "recover", "--kind-cluster", e.cluster.Name())
-	took := time.Since(start)
+	took = time.Since(start)
 	if err != nil {
 		t.Fatalf("recover failed after %s: %v", took.Round(time.Second), err)
 	}
 	if !strings.Contains(stderr, "refreshed context kind-"+e.cluster.Name()) {
 		t.Error("recover did not say which kubeconfig context it refreshed")
 	}
-	t.Logf("recover: every node Ready %s after it started", took.Round(time.Second))
+	t.Logf("recover --kind-cluster: every node Ready %s after it started", took.Round(time.Second))
 
 	// The kind context in the test's kubeconfig now works.
 	client := e.refreshedClient()
