@@ -87,6 +87,9 @@ NODE_PACKAGES=(
 	containerd runc containernetworking-plugins
 	iptables nftables conntrack ethtool socat util-linux mount kmod iproute2
 	libseccomp2 pigz bash ca-certificates curl jq procps openssl
+	# recover --ssh is tested against the nodes' own sshd: installed, masked and
+	# without host keys; the e2e test gives each node its own and starts it.
+	openssh-server
 )
 # Package closures staged into images that are not the node (see stage_packages).
 KUBE_PROXY_PACKAGES=(iptables conntrack)
@@ -425,6 +428,8 @@ EOF
 	echo "ReadKMsg=no" >>"$ROOTFS/etc/systemd/journald.conf"
 	in_root systemctl enable kubelet.service containerd.service undo-mount-hacks.service >/dev/null 2>&1
 	in_root systemctl mask systemd-binfmt.service >/dev/null 2>&1
+	in_root systemctl mask ssh.service ssh.socket >/dev/null 2>&1
+	rm -f "$ROOTFS"/etc/ssh/ssh_host_*
 	rm -f "$ROOTFS/etc/machine-id" "$ROOTFS/etc/resolv.conf" "$ROOTFS/etc/hostname"
 	touch "$ROOTFS/etc/machine-id"
 	rm -rf "$ROOTFS"/usr/share/doc/* "$ROOTFS"/usr/share/man/* "$ROOTFS"/usr/share/info/* \
