@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 )
 
@@ -83,7 +84,10 @@ func NewSelfSignedServing(old *x509.Certificate, validity time.Duration, now tim
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	host := old.Subject.CommonName
+	// The kubelet names its own <host>@<unix time>, with issuer
+	// <host>-ca@<unix time>; tools that recognise kubelet-made certificates
+	// rely on it.
+	host, _, _ := strings.Cut(old.Subject.CommonName, "@")
 	caTmpl, err := Template(old, validity, now)
 	if err != nil {
 		return nil, nil, nil, err
@@ -112,6 +116,8 @@ func NewSelfSignedServing(old *x509.Certificate, validity time.Duration, now tim
 		return nil, nil, nil, err
 	}
 	tmpl.IsCA = false
+	tmpl.RawSubject = nil
+	tmpl.Subject = pkix.Name{CommonName: fmt.Sprintf("%s@%d", host, now.Unix())}
 	leaf, _, err = a.Sign(tmpl, key.Public())
 	if err != nil {
 		return nil, nil, nil, err

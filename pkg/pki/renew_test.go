@@ -2,10 +2,13 @@ package pki_test
 
 import (
 	"bytes"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -189,4 +192,36 @@ func indexOf(t *testing.T, name string) int {
 	}
 	t.Fatalf("no %s in the inventory", name)
 	return -1
+}
+
+// A renewed self-signed kubelet serving certificate is named as the kubelet
+// names its own: <host>@<unix time>, issued by <host>-ca@<unix time>, not
+// <old subject>-ca@... .
+func TestSelfSignedServingNamedAsTheKubelet(t *testing.T) {
+	root := t.TempDir()
+	pkitest.ControlPlane(t, root, "node-1", pkitest.ECDSA)
+	old := mustRead(t, root, pki.Cert{CertFile: pki.KubeletSelfSignedCert})
+	now := time.Unix(1795788570, 0)
+	certPEM, _, leaf, err := pki.NewSelfSignedServing(old, 24*time.Hour, now)
+	must(t, err)
+	if leaf.Subject.CommonName != "node-1@1795788570" || leaf.Issuer.CommonName != "node-1-ca@1795788570" {
+		t.Errorf("subject %q issuer %q, want node-1@1795788570 and node-1-ca@1795788570", leaf.Subject.CommonName, leaf.Issuer.CommonName)
+	}
+	if strings.Join(leaf.DNSNames, ",") != strings.Join(old.DNSNames, ",") {
+		t.Errorf("names %v, want %v", leaf.DNSNames, old.DNSNames)
+	}
+	rest := certPEM
+	var certs []*x509.Certificate
+	for {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		must(t, err)
+		certs = append(certs, c)
+	}
+	if len(certs) != 2 || certs[0].CheckSignatureFrom(certs[1]) != nil {
+		t.Error("the file does not hold the leaf then the CA that signed it")
+	}
 }
