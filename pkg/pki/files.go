@@ -6,7 +6,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rsa"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -16,6 +15,8 @@ import (
 	securejoin "github.com/cyphar/filepath-securejoin"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	certutil "k8s.io/client-go/util/cert"
+	"k8s.io/client-go/util/keyutil"
 )
 
 // ErrMissing is returned (wrapped) when a file of the layout does not exist.
@@ -67,46 +68,28 @@ func Exists(root, rel string) bool {
 	return err == nil
 }
 
-// ParseCertificatePEM returns the first certificate of a PEM bundle.
+// ParseCertificatePEM returns the first certificate of a PEM bundle
+// (client-go's certutil reads it).
 func ParseCertificatePEM(data []byte) (*x509.Certificate, error) {
-	for rest := data; ; {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			return nil, errors.New("no PEM CERTIFICATE block found")
-		}
-		if block.Type == "CERTIFICATE" {
-			return x509.ParseCertificate(block.Bytes)
-		}
+	certs, err := certutil.ParseCertsPEM(data)
+	if err != nil {
+		return nil, err
 	}
+	return certs[0], nil
 }
 
 // ParsePrivateKeyPEM returns the first private key of a PEM bundle (PKCS#1,
-// SEC 1 or PKCS#8).
+// SEC 1 or PKCS#8, as client-go's keyutil reads them).
 func ParsePrivateKeyPEM(data []byte) (crypto.Signer, error) {
-	for rest := data; ; {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			return nil, errors.New("no PEM private key block found")
-		}
-		switch block.Type {
-		case "RSA PRIVATE KEY":
-			return x509.ParsePKCS1PrivateKey(block.Bytes)
-		case "EC PRIVATE KEY":
-			return x509.ParseECPrivateKey(block.Bytes)
-		case "PRIVATE KEY":
-			k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
-			if err != nil {
-				return nil, err
-			}
-			s, ok := k.(crypto.Signer)
-			if !ok {
-				return nil, fmt.Errorf("unsupported private key type %T", k)
-			}
-			return s, nil
-		}
+	k, err := keyutil.ParsePrivateKeyPEM(data)
+	if err != nil {
+		return nil, err
 	}
+	s, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("unsupported private key type %T", k)
+	}
+	return s, nil
 }
 
 // ReadCertificate reads and parses the certificate of an inventory entry:

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"k8s.io/client-go/tools/clientcmd"
+	certutil "k8s.io/client-go/util/cert"
+	"k8s.io/client-go/util/keyutil"
 )
 
 // ClockSkew is subtracted from "now" for NotBefore, so nodes whose clocks lag
@@ -165,27 +167,21 @@ func (a *Authority) Renew(old *x509.Certificate, validity time.Duration, now tim
 
 // EncodeCertPEM encodes a certificate as PEM.
 func EncodeCertPEM(c *x509.Certificate) []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+	return pem.EncodeToMemory(&pem.Block{Type: certutil.CertificateBlockType, Bytes: c.Raw})
 }
 
-// EncodeKeyPEM encodes a key the way kubeadm writes them: PKCS#1 for RSA,
-// SEC 1 for ECDSA, PKCS#8 otherwise.
+// EncodeKeyPEM encodes a key the way kubeadm writes them (client-go's
+// keyutil): PKCS#1 for RSA, SEC 1 for ECDSA; PKCS#8 for Ed25519, which
+// keyutil does not know.
 func EncodeKeyPEM(key crypto.Signer) ([]byte, error) {
-	switch k := key.(type) {
-	case *rsa.PrivateKey:
-		return pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(k)}), nil
-	case *ecdsa.PrivateKey:
-		der, err := x509.MarshalECPrivateKey(k)
+	if _, ok := key.(ed25519.PrivateKey); ok {
+		der, err := x509.MarshalPKCS8PrivateKey(key)
 		if err != nil {
 			return nil, err
 		}
-		return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), nil
+		return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
 	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+	return keyutil.MarshalPrivateKeyToPEM(key)
 }
 
 // Renewal is the planned renewal of one inventory entry: the old and new

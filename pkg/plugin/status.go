@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/util/duration"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"sigs.k8s.io/yaml"
@@ -193,23 +194,13 @@ func expires(c api.CertInfo) string {
 	return c.NotAfter.Format("Jan 02, 2006 15:04 MST")
 }
 
-// residual prints time left the way kubeadm does (364d, 9y, <invalid>).
+// residual prints time left as kubeadm does (apimachinery's
+// ShortHumanDuration: 364d, 9y, <invalid> once expired).
 func residual(c api.CertInfo) string {
 	if c.NotAfter == nil {
 		return "-"
 	}
-	d := time.Duration(c.ResidualSeconds) * time.Second
-	switch {
-	case d <= 0:
-		return "<expired>"
-	case d >= 2*365*24*time.Hour:
-		return fmt.Sprintf("%dy", int(d.Hours()/24/365))
-	case d >= 48*time.Hour:
-		return fmt.Sprintf("%dd", int(d.Hours()/24))
-	case d >= time.Hour:
-		return fmt.Sprintf("%dh", int(d.Hours()))
-	}
-	return fmt.Sprintf("%dm", int(d.Minutes()))
+	return duration.ShortHumanDuration(time.Duration(c.ResidualSeconds) * time.Second)
 }
 
 func dash(s string) string {
