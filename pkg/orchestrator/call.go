@@ -83,10 +83,13 @@ func (r *Runner) call(ctx context.Context, ap agentPod, req api.Request) (*api.R
 	if err != nil {
 		return nil, err
 	}
+	start := time.Now()
 	res, err := r.deliver(ctx, ap, req, in)
 	if err != nil {
+		r.vlogf(2, "node %s: agent call %s (%s): no answer after %s: %v", ap.node, req.Action, req.ID, time.Since(start).Round(time.Millisecond), err)
 		return nil, fmt.Errorf("node %s: %s: %w", ap.node, req.Action, err)
 	}
+	r.vlogf(2, "node %s: agent call %s (%s): %s in %s", ap.node, req.Action, req.ID, res.Outcome, time.Since(start).Round(time.Millisecond))
 	if res.Outcome.Failed() {
 		return res, &AgentError{Node: ap.node, Action: req.Action, Outcome: res.Outcome, Message: res.Error}
 	}
@@ -198,7 +201,9 @@ func (r *Runner) deliver(ctx context.Context, ap agentPod, req api.Request, in [
 				err = perr
 			}
 			if send {
-				r.logf("node %s: %s: the stream ended without an answer (%v); fetching the result the agent filed", ap.node, req.Action, err)
+				// Expected when the action restarts kube-apiserver or the
+				// kubelet, which carry the stream: not worth alarming anyone.
+				r.vlogf(2, "node %s: %s: the stream ended without an answer (%v); fetching the result the agent filed", ap.node, req.Action, err)
 			}
 			last, send = err, false
 		}

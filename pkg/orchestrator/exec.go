@@ -53,7 +53,7 @@ func (e *podExecutor) Exec(ctx context.Context, namespace, pod, container string
 	if stdin != nil {
 		opts.Stdin = bytes.NewReader(stdin)
 	}
-	if err := exec.StreamWithContext(ctx, opts); err != nil {
+	if err := exec.StreamWithContext(quietStreams(ctx), opts); err != nil {
 		return stdout.Bytes(), fmt.Errorf("exec in %s/%s: %w (stderr: %s)", namespace, pod, err, clean(tail(stderr.Bytes())))
 	}
 	return stdout.Bytes(), nil

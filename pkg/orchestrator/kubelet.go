@@ -23,7 +23,7 @@ func (r *Runner) rotateKubelet(ctx context.Context, ap agentPod, o RotateOptions
 	if ctx.Err() != nil {
 		return fmt.Errorf("node %s: kubelet not started: %w", ap.node, ErrInterrupted)
 	}
-	r.logf("node %s: requesting new kubelet certificates", ap.node)
+	r.vlogf(1, "node %s: requesting new kubelet certificates", ap.node)
 	res, err := r.call(ctx, ap, api.Request{Action: api.KubeletCSR})
 	if err != nil {
 		return err

@@ -197,7 +197,7 @@ func (r *Runner) recoverPlan(ctx context.Context, agents []agentPod, o RecoverOp
 	for i, in := range inspects {
 		ap := &agents[i]
 		if in.NodeName != ap.node {
-			r.logf("node %s is node %s of the cluster", ap.node, in.NodeName)
+			r.vlogf(1, "node %s is node %s of the cluster", ap.node, in.NodeName)
 			ap.node = in.NodeName
 		}
 		ap.controlPlane = in.ControlPlane
@@ -233,7 +233,7 @@ func (r *Runner) recoverPlan(ctx context.Context, agents []agentPod, o RecoverOp
 // installs it and restarts its kubelet (one transaction, proven against
 // the recovered API server).
 func (r *Runner) recoverWorker(ctx context.Context, w, cp agentPod, o RecoverOptions, rep *Report) error {
-	r.logf("node %s: requesting a new kubelet client certificate", w.node)
+	r.vlogf(1, "node %s: requesting a new kubelet client certificate", w.node)
 	res, err := r.call(ctx, w, api.Request{Action: api.KubeletCSR})
 	if err != nil {
 		return err

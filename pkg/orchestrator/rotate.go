@@ -379,10 +379,10 @@ func (r *Runner) logRenew(node string, res *api.RenewResult) {
 		return
 	}
 	for _, v := range res.Verified {
-		r.logf("node %s: verified: %s", node, v)
+		r.vlogf(1, "node %s: verified: %s", node, v)
 	}
 	for _, s := range res.Restarted {
-		r.logf("node %s: restarted %s (pid %d -> %d) in %.1fs", node, s.Component, s.OldPID, s.NewPID, s.Seconds)
+		r.vlogf(1, "node %s: restarted %s (pid %d -> %d) in %.1fs", node, s.Component, s.OldPID, s.NewPID, s.Seconds)
 	}
 }
 

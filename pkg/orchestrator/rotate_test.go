@@ -113,6 +113,12 @@ type fakeAgents struct {
 	renewGate    chan struct{}
 	// afterInstall, if set, is called when a KubeletInstall answered.
 	afterInstall func(node string)
+	// breakStream: the exec stream of these actions breaks once per node
+	// after the agent performed them (as when an action restarts
+	// kube-apiserver); their results are filed for "result --id".
+	breakStream map[api.Action]bool
+	broken      map[string]bool
+	filed       map[string][]byte
 }
 
 func newFakeAgents(t *testing.T, c *fake.Clientset) *fakeAgents {
@@ -130,9 +136,35 @@ func nodeCSR(node string) api.CSR {
 }
 
 func (f *fakeAgents) Exec(ctx context.Context, ns, pod, container string, cmd []string, stdin []byte) ([]byte, error) {
+	if len(cmd) == 5 && cmd[2] == "result" {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.filed[cmd[4]], nil
+	}
 	if stdin == nil {
 		return nil, nil // ping
 	}
+	out, err := f.perform(stdin)
+	if err != nil {
+		return out, err
+	}
+	var req api.Request
+	_ = json.Unmarshal(stdin, &req)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.breakStream[req.Action] && !f.broken[req.Node+string(req.Action)] {
+		if f.broken == nil {
+			f.broken, f.filed = map[string]bool{}, map[string][]byte{}
+		}
+		f.broken[req.Node+string(req.Action)] = true
+		f.filed[req.ID] = out
+		return nil, fmt.Errorf("exec in %s/%s: error sending request: Post \"https://127.0.0.1:6443/api/v1/namespaces/kube-system/pods/%s/exec\": EOF", ns, pod, pod)
+	}
+	return out, nil
+}
+
+// perform plays the agent for one request.
+func (f *fakeAgents) perform(stdin []byte) ([]byte, error) {
 	var req api.Request
 	if err := json.Unmarshal(stdin, &req); err != nil {
 		return nil, err
@@ -177,7 +209,9 @@ func (f *fakeAgents) Exec(ctx context.Context, ns, pod, container string, cmd []
 		f.busyControlPlanes--
 		f.backups[req.Node] = append(f.backups[req.Node], api.Backup{Name: "b0", Run: req.Run, Action: "renew", State: api.BackupCommitted})
 		f.mu.Unlock()
-		res.Renew = &api.RenewResult{Backup: "b0", Changes: []api.Change{{Name: "apiserver", OldSerial: "1", NewSerial: "2"}}}
+		res.Renew = &api.RenewResult{Backup: "b0", Changes: []api.Change{{Name: "apiserver", OldSerial: "1", NewSerial: "2"}},
+			Restarted: []api.Restarted{{Component: "kube-controller-manager", OldPID: 10, NewPID: 11, Seconds: 1.5}},
+			Verified:  []string{"kube-apiserver serves apiserver serial 2 on 127.0.0.1:6443"}}
 	case api.KubeletCSR:
 		if f.csrs != nil {
 			res.CSRs = f.csrs(req.Node)

@@ -5,11 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
+	"github.com/go-logr/logr/funcr"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -46,6 +49,11 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 
+// logger logs every message up to verbosity v into the buffer, a line each.
+func (s *syncBuffer) logger(v int) logr.Logger {
+	return funcr.New(func(_, args string) { fmt.Fprintln(s, args) }, funcr.Options{Verbosity: v})
+}
+
 func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -62,7 +70,7 @@ func TestInterruptWaitsForTheNodeAndTheNextRunResumes(t *testing.T) {
 	f.renewStarted, f.renewGate = make(chan string, 10), make(chan struct{})
 	r := newTestRunner(c, f)
 	var log syncBuffer
-	r.Log = &log
+	r.Log = log.logger(0)
 	ctx, interrupt := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {

@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"regexp"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -24,8 +24,11 @@ type Runner struct {
 	Exec   Executor
 	// Image is the agent image.
 	Image string
-	// Log receives progress lines (the plugin's stderr).
-	Log io.Writer
+	// Log receives progress: at V(0) one line per step and node, and what
+	// went wrong; at V(1) what each step did (restarts, verified reloads,
+	// backups); at V(2) each agent call with its timing, the retries that
+	// succeeded and repeated notes. The zero Logger drops everything.
+	Log logr.Logger
 	// Timeout bounds each wait: a pod starting, a component coming back,
 	// a CSR being signed, a node becoming Ready.
 	Timeout time.Duration
@@ -44,11 +47,15 @@ type Runner struct {
 	lastCall map[string]time.Time  // agent pod -> when the plugin last spoke to it
 }
 
+// logf logs a line of progress at the default verbosity.
 func (r *Runner) logf(format string, args ...any) {
-	if r.Log != nil {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		fmt.Fprintf(r.Log, format+"\n", args...)
+	r.Log.WithCallDepth(1).Info(fmt.Sprintf(format, args...))
+}
+
+// vlogf logs a line at verbosity level (shown with -v level and above).
+func (r *Runner) vlogf(level int, format string, args ...any) {
+	if l := r.Log.WithCallDepth(1).V(level); l.Enabled() {
+		l.Info(fmt.Sprintf(format, args...))
 	}
 }
 

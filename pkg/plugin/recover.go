@@ -150,7 +150,7 @@ func (o *RecoverOptions) Run(ctx context.Context) error {
 	if err := o.reachNodes(ctx); err != nil {
 		return err
 	}
-	o.runner = &orchestrator.Runner{Log: o.ErrOut, Timeout: o.timeout, KeepBackups: o.keepBackups, Drain: o.drain}
+	o.runner = &orchestrator.Runner{Log: progressLogger(o.ErrOut), Timeout: o.timeout, KeepBackups: o.keepBackups, Drain: o.drain}
 	rep, err := o.runner.Recover(ctx, orchestrator.RecoverOptions{
 		Nodes: o.nodes, Agent: o.agentFor, Validity: o.validity, Parallelism: o.parallelism, DryRun: o.dryRun, Connect: o.connectRecovered,
 	})

@@ -39,6 +39,7 @@ Private keys never leave the node they live on.`,
 		RunE:          func(*cobra.Command, []string) error { return run(o) },
 	}
 	o.addFlags(cmd)
+	addKlogFlags(cmd.PersistentFlags())
 	cmd.SetOut(streams.Out)
 	cmd.SetErr(streams.ErrOut)
 	cmd.SetVersionTemplate("{{.Version}}\n")

@@ -97,7 +97,7 @@ func (f *commonFlags) connect() error {
 	}
 	f.runner = &orchestrator.Runner{
 		Client: client, Exec: orchestrator.NewExecutor(config, client),
-		Image: f.image, Log: f.ErrOut, Timeout: f.timeout, KeepBackups: f.keepBackups, Drain: f.drain,
+		Image: f.image, Log: progressLogger(f.ErrOut), Timeout: f.timeout, KeepBackups: f.keepBackups, Drain: f.drain,
 	}
 	return nil
 }
