@@ -33,15 +33,14 @@ func (r *Runner) rotateKubelet(ctx context.Context, ap agentPod, o RotateOptions
 		if _, derr := r.call(r.drain(), ap, api.Request{Action: api.DiscardPending}); derr != nil {
 			err = fmt.Errorf("%w; removing the keys made for it: %v", err, derr)
 		}
-		return err
+		return &outcomeError{step: api.KubeletCSR, outcome: api.Unchanged, err: err}
 	}
 	r.logf("node %s: installing the kubelet's certificates and restarting it", ap.node)
 	inst, err := r.change(ctx, ap, api.Request{Action: api.KubeletInstall, Issued: issued, Validity: o.Validity})
 	if err != nil {
 		return err
 	}
-	r.addChanges(rep, ap.node, inst.Renew)
-	r.logRenew(ap.node, inst.Renew)
+	r.addChanges(rep, ap, inst.Renew)
 	// The step ends when the cluster sees the new kubelet: an interrupt
 	// now must not leave that unproven (nor roll a good kubelet back).
 	fctx, cancel := r.finishing(ctx)
@@ -51,7 +50,7 @@ func (r *Runner) rotateKubelet(ctx context.Context, ap agentPod, o RotateOptions
 		if _, rerr := r.change(r.drain(), ap, api.Request{Action: api.Rollback, Backup: inst.Renew.Backup}); rerr != nil {
 			return fmt.Errorf("%w; rollback failed too: %v", err, rerr)
 		}
-		return fmt.Errorf("%w; the kubelet's previous files were restored", err)
+		return &outcomeError{step: api.KubeletInstall, outcome: api.Restored, err: fmt.Errorf("%w; the kubelet's previous files were restored", err)}
 	}
 	return nil
 }

@@ -127,15 +127,30 @@ func (r *Runner) lockCluster(ctx context.Context, rec RunRecord) (*clusterLock, 
 	}
 }
 
-// whoAmI names the user (from the API server's SelfSubjectReview when it
-// answers) and this machine, for the lock's holder.
+// whoAmI names the user and this machine, for the lock's holder.
 func (r *Runner) whoAmI(ctx context.Context) string {
-	user := "unknown user"
-	if rev, err := r.Client.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{}); err == nil && rev.Status.UserInfo.Username != "" {
-		user = rev.Status.UserInfo.Username
+	user := r.userName(ctx)
+	if user == "" {
+		user = "unknown user"
 	}
 	host, _ := os.Hostname()
 	return fmt.Sprintf("%s on %s (pid %d)", user, host, os.Getpid())
+}
+
+// userName is the user as the API server names them (SelfSubjectReview,
+// which every authenticated user may ask by default), asked once; empty
+// if it did not answer.
+func (r *Runner) userName(ctx context.Context) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.user == nil {
+		name := ""
+		if rev, err := r.Client.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{}); err == nil {
+			name = rev.Status.UserInfo.Username
+		}
+		r.user = &name
+	}
+	return *r.user
 }
 
 func (cl *clusterLock) renew() {

@@ -128,21 +128,20 @@ func (r *Runner) Recover(ctx context.Context, o RecoverOptions) (rep *RecoverRep
 			r.logf("node %s: %s", ap.node, step.what)
 			res, err := r.change(ctx, ap, api.Request{Action: step.action, Services: recoverServices, Validity: o.Validity, Recover: true})
 			if err != nil {
+				rep.failed(ap, err)
 				return rep, err
 			}
-			if step.action == api.RecoverRenew {
-				r.addChanges(&rep.Report, ap.node, res.Renew)
-			}
-			r.logRenew(ap.node, res.Renew)
+			r.addChanges(&rep.Report, ap, res.Renew)
 		}
 	}
 	reps := make([]Report, len(workers))
 	errs = forEach(ctx, len(workers), max(o.Parallelism, 1), func(i int) error {
-		return r.recoverWorker(ctx, workers[i], cps[0], o, &reps[i])
+		err := r.recoverWorker(ctx, workers[i], cps[0], o, &reps[i])
+		reps[i].failed(workers[i], err)
+		return err
 	})
-	for _, wr := range reps {
-		rep.Rows = append(rep.Rows, wr.Rows...)
-		rep.Notes = append(rep.Notes, wr.Notes...)
+	for i := range reps {
+		rep.merge(&reps[i])
 	}
 	if err := errors.Join(errs...); err != nil {
 		return rep, err
@@ -202,7 +201,7 @@ func (r *Runner) recoverPlan(ctx context.Context, agents []agentPod, o RecoverOp
 		}
 		ap.controlPlane = in.ControlPlane
 		for _, n := range in.Notes {
-			rep.note("node %s: %s", ap.node, n)
+			r.noteNode(&rep.Report, *ap, n)
 		}
 		for _, p := range in.Plan {
 			if p.Name == pki.FrontProxyCA.Name {
@@ -218,6 +217,12 @@ func (r *Runner) recoverPlan(ctx context.Context, agents []agentPod, o RecoverOp
 			workers = append(workers, *ap)
 		}
 	}
+	// The report lists control planes first, as they are worked on.
+	var nodes []*NodeRecord
+	for _, ap := range append(append([]agentPod{}, cps...), workers...) {
+		nodes = append(nodes, rep.node(ap))
+	}
+	rep.Nodes = nodes
 	if len(cps) == 0 {
 		return nil, nil, errors.New("none of the nodes is a control plane (no /etc/kubernetes/manifests/kube-apiserver.yaml): recover needs every node of the cluster, control planes included\nno file on any node was changed")
 	}
@@ -272,8 +277,7 @@ func (r *Runner) recoverWorker(ctx context.Context, w, cp agentPod, o RecoverOpt
 	if err != nil {
 		return err
 	}
-	r.addChanges(rep, w.node, inst.Renew)
-	r.logRenew(w.node, inst.Renew)
+	r.addChanges(rep, w, inst.Renew)
 	return nil
 }
 

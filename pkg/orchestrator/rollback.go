@@ -46,6 +46,7 @@ func (r *Runner) Rollback(ctx context.Context, o RollbackOptions) (rep *Report, 
 	rep.Run = runID
 	if !o.DryRun {
 		lock, _, err := r.lockCluster(ctx, RunRecord{ID: runID, Kind: "rollback", Started: time.Now().UTC()})
+		rep.User = r.userName(ctx)
 		if err != nil {
 			return rep, err
 		}
@@ -106,11 +107,10 @@ func (r *Runner) Rollback(ctx context.Context, o RollbackOptions) (rep *Report, 
 		}
 		todo = append(todo, ap)
 		if o.DryRun {
-			for _, p := range paths {
-				rep.Rows = append(rep.Rows, Row{Node: ap.node, Certificate: run, Path: p})
-			}
+			rep.node(ap).Restore = paths
 		}
 	}
+	rep.RolledBack = run
 	if len(todo) == 0 {
 		return rep, fmt.Errorf("no selected node keeps a backup of run %s", run)
 	}
@@ -124,12 +124,16 @@ func (r *Runner) Rollback(ctx context.Context, o RollbackOptions) (rep *Report, 
 		if err != nil {
 			return err
 		}
-		r.addChanges(rep, ap.node, res.Renew)
-		r.logRenew(ap.node, res.Renew)
+		r.addChanges(rep, ap, res.Renew)
 		if res.Kubelet != nil {
 			return r.waitLeaseRenewed(ctx, ap.node, res.Kubelet)
 		}
 		return nil
+	}
+	recorded := func(ap agentPod, rep *Report) error {
+		err := one(ap, rep)
+		rep.failed(ap, err)
+		return err
 	}
 	var workers []agentPod
 	for _, ap := range todo {
@@ -137,15 +141,14 @@ func (r *Runner) Rollback(ctx context.Context, o RollbackOptions) (rep *Report, 
 			workers = append(workers, ap)
 			continue
 		}
-		if err := one(ap, rep); err != nil {
+		if err := recorded(ap, rep); err != nil {
 			return rep, err
 		}
 	}
 	reps := make([]Report, len(workers))
-	errs = forEach(ctx, len(workers), max(o.Parallelism, 1), func(i int) error { return one(workers[i], &reps[i]) })
-	for _, wr := range reps {
-		rep.Rows = append(rep.Rows, wr.Rows...)
-		rep.Notes = append(rep.Notes, wr.Notes...)
+	errs = forEach(ctx, len(workers), max(o.Parallelism, 1), func(i int) error { return recorded(workers[i], &reps[i]) })
+	for i := range reps {
+		rep.merge(&reps[i])
 	}
 	return rep, errors.Join(errs...)
 }

@@ -42,14 +42,25 @@ type Row struct {
 	NewSerial   string // empty in a dry run
 	OldNotAfter time.Time
 	NewNotAfter time.Time
+	// CappedToCA: the validity was cut at the CA's expiry.
+	CappedToCA bool
 }
 
-// Report is the outcome of a rotation (or, in a dry run, its plan).
+// Report is the outcome of a rotation (or, in a dry run, its plan), a
+// rollback or a recover.
 type Report struct {
 	DryRun bool
 	// Run names the run; its backups on the nodes carry it (rollback --run).
-	Run   string
-	Rows  []Row
+	Run string
+	// RolledBack (rollback) is the run whose files were put back.
+	RolledBack string
+	// User is who ran it, as the API server named them, when it answered.
+	User string
+	Rows []Row
+	// Nodes are the nodes worked on, in that order, with what their agents
+	// reported; notes about a node are there.
+	Nodes []*NodeRecord
+	// Notes are about the run as a whole.
 	Notes []string
 }
 
@@ -104,7 +115,7 @@ func (r *Runner) Rotate(ctx context.Context, o RotateOptions) (rep *Report, err 
 				controlPlanes++
 			}
 		} else if len(o.NodeNames) > 0 {
-			rep.note("node %s: nothing to rotate there for %s", n.Name, servicesString(o.Services))
+			rep.nodeNote(agentPod{node: n.Name}, "nothing to rotate there for "+servicesString(o.Services))
 		}
 	}
 	if cpWork && !anyControlPlane(targets) {
@@ -139,7 +150,7 @@ func (r *Runner) Rotate(ctx context.Context, o RotateOptions) (rep *Report, err 
 				r.logf("recording the run's end on lease %s/%s: %v", Namespace, LeaseName, lerr)
 			}
 			if state == RunInterrupted {
-				err = fmt.Errorf("interrupted (%w); completed nodes: %s; run the same command again to resume: what this run completed is skipped", err, listOrNone(lock.record.Done))
+				err = fmt.Errorf("%w (%w); completed nodes: %s; run the same command again to resume: what this run completed is skipped", ErrInterrupted, err, listOrNone(lock.record.Done))
 			}
 		}()
 	}
@@ -171,8 +182,9 @@ func (r *Runner) Rotate(ctx context.Context, o RotateOptions) (rep *Report, err 
 	servingByCSR := false
 	for i, in := range inspects {
 		servingByCSR = servingByCSR || in.ServingByCSR
+		rep.node(agents[i])
 		for _, n := range in.Notes {
-			rep.note("node %s: %s", agents[i].node, n)
+			r.noteNode(rep, agents[i], n)
 		}
 		if o.DryRun {
 			for _, p := range in.Plan {
@@ -199,10 +211,9 @@ func (r *Runner) Rotate(ctx context.Context, o RotateOptions) (rep *Report, err 
 		if !ap.controlPlane {
 			continue
 		}
-		if err := r.rotateNode(ctx, ap, o, rep, skip[ap.node]); err != nil {
+		if err := r.rotateOne(ctx, ap, o, rep, skip[ap.node], lock); err != nil {
 			return rep, err
 		}
-		lock.nodeDone(ap.node)
 	}
 	var workers []agentPod
 	for _, ap := range agents {
@@ -212,15 +223,10 @@ func (r *Runner) Rotate(ctx context.Context, o RotateOptions) (rep *Report, err 
 	}
 	workerReps := make([]Report, len(workers))
 	errs = forEach(ctx, len(workers), o.Parallelism, func(i int) error {
-		if err := r.rotateNode(ctx, workers[i], o, &workerReps[i], skip[workers[i].node]); err != nil {
-			return err
-		}
-		lock.nodeDone(workers[i].node)
-		return nil
+		return r.rotateOne(ctx, workers[i], o, &workerReps[i], skip[workers[i].node], lock)
 	})
-	for _, wr := range workerReps {
-		rep.Rows = append(rep.Rows, wr.Rows...)
-		rep.Notes = append(rep.Notes, wr.Notes...)
+	for i := range workerReps {
+		rep.merge(&workerReps[i])
 	}
 	if err := errors.Join(errs...); err != nil {
 		return rep, err
@@ -353,6 +359,17 @@ func servicesFor(o RotateOptions, ap agentPod) []string {
 	return out
 }
 
+// rotateOne rotates one node, records how that ended on the node's
+// record, and marks the node done on the run's record.
+func (r *Runner) rotateOne(ctx context.Context, ap agentPod, o RotateOptions, rep *Report, skip skipSteps, lock *clusterLock) error {
+	err := r.rotateNode(ctx, ap, o, rep, skip)
+	rep.failed(ap, err)
+	if err == nil {
+		lock.nodeDone(ap.node)
+	}
+	return err
+}
+
 // rotateNode renews one node: its control-plane certificates (the agent
 // restarts or verifies the components), then its kubelet's; steps an
 // interrupted run already did are skipped.
@@ -363,8 +380,7 @@ func (r *Runner) rotateNode(ctx context.Context, ap agentPod, o RotateOptions, r
 		if err != nil {
 			return err
 		}
-		r.addChanges(rep, ap.node, res.Renew)
-		r.logRenew(ap.node, res.Renew)
+		r.addChanges(rep, ap, res.Renew)
 	}
 	if o.has(pki.ServiceKubelet) && !skip.kubelet {
 		if err := r.rotateKubelet(ctx, ap, o, rep); err != nil {
@@ -374,30 +390,42 @@ func (r *Runner) rotateNode(ctx context.Context, ap agentPod, o RotateOptions, r
 	return nil
 }
 
-func (r *Runner) logRenew(node string, res *api.RenewResult) {
+// BackupDir is where the nodes keep their backups.
+const BackupDir = "/etc/kubernetes/rotate-certs-backup"
+
+// addChanges records what a node's transaction did: its certificates, its
+// backup, what it restarted and what it proved reloaded, its notes.
+func (r *Runner) addChanges(rep *Report, ap agentPod, res *api.RenewResult) {
 	if res == nil {
 		return
 	}
+	n := rep.node(ap)
+	for _, c := range res.Changes {
+		rep.Rows = append(rep.Rows, Row{Node: ap.node, Certificate: c.Name, Path: c.Path, OldSerial: c.OldSerial, NewSerial: c.NewSerial,
+			OldNotAfter: c.OldNotAfter, NewNotAfter: c.NewNotAfter, CappedToCA: c.CappedToCA})
+	}
+	for _, note := range res.Notes {
+		r.noteNode(rep, ap, note)
+	}
+	if res.Backup != "" {
+		n.Backups = append(n.Backups, res.Backup)
+		r.vlogf(1, "node %s: previous files backed up in %s/%s", ap.node, BackupDir, res.Backup)
+	}
+	n.Verified = append(n.Verified, res.Verified...)
+	n.Restarted = append(n.Restarted, res.Restarted...)
 	for _, v := range res.Verified {
-		r.vlogf(1, "node %s: verified: %s", node, v)
+		r.vlogf(1, "node %s: verified: %s", ap.node, v)
 	}
 	for _, s := range res.Restarted {
-		r.vlogf(1, "node %s: restarted %s (pid %d -> %d) in %.1fs", node, s.Component, s.OldPID, s.NewPID, s.Seconds)
+		r.vlogf(1, "node %s: restarted %s (pid %d -> %d) in %.1fs", ap.node, s.Component, s.OldPID, s.NewPID, s.Seconds)
 	}
 }
 
-func (r *Runner) addChanges(rep *Report, node string, res *api.RenewResult) {
-	if res == nil {
-		return
-	}
-	for _, c := range res.Changes {
-		rep.Rows = append(rep.Rows, Row{Node: node, Certificate: c.Name, Path: c.Path, OldSerial: c.OldSerial, NewSerial: c.NewSerial, OldNotAfter: c.OldNotAfter, NewNotAfter: c.NewNotAfter})
-	}
-	for _, n := range res.Notes {
-		rep.note("node %s: %s", node, n)
-	}
-	if res.Backup != "" {
-		rep.note("node %s: previous files backed up in /%s/%s", node, "etc/kubernetes/rotate-certs-backup", res.Backup)
+// noteNode records a note about a node; a repeated one is only logged at
+// -v 2.
+func (r *Runner) noteNode(rep *Report, ap agentPod, note string) {
+	if !rep.nodeNote(ap, note) {
+		r.vlogf(2, "node %s: repeated note: %s", ap.node, note)
 	}
 }
 
@@ -427,7 +455,7 @@ func (r *Runner) restartKubeProxy(ctx context.Context, rep *Report) error {
 	if err != nil {
 		return fmt.Errorf("kube-proxy: the restarted DaemonSet did not become available within %s", r.Timeout)
 	}
-	rep.note("kube-proxy: uses a ServiceAccount token (no certificate file); its pods were restarted")
+	rep.note("kube-proxy: its DaemonSet's pods were restarted")
 	return nil
 }
 
@@ -445,7 +473,7 @@ func (r *Runner) ensureNodesReady(ctx context.Context, agents []agentPod, rep *R
 			errs = append(errs, fmt.Errorf("node %s is not Ready after rotation and a kubelet restart did not help: %w", ap.node, err))
 			continue
 		}
-		rep.note("node %s: was not Ready after rotation; Ready again after a kubelet restart", ap.node)
+		rep.nodeNote(ap, "was not Ready after rotation; Ready again after a kubelet restart")
 	}
 	return errors.Join(errs...)
 }

@@ -192,6 +192,7 @@ func (f *fakeAgents) perform(stdin []byte) ([]byte, error) {
 		if p := f.problems[req.Node]; p != "" {
 			res.Inspect.Problems = []string{p}
 		}
+		res.Inspect.Notes = proxyNote(req)
 	case api.Renew:
 		f.mu.Lock()
 		f.busyControlPlanes++
@@ -211,7 +212,7 @@ func (f *fakeAgents) perform(stdin []byte) ([]byte, error) {
 		f.mu.Unlock()
 		res.Renew = &api.RenewResult{Backup: "b0", Changes: []api.Change{{Name: "apiserver", OldSerial: "1", NewSerial: "2"}},
 			Restarted: []api.Restarted{{Component: "kube-controller-manager", OldPID: 10, NewPID: 11, Seconds: 1.5}},
-			Verified:  []string{"kube-apiserver serves apiserver serial 2 on 127.0.0.1:6443"}}
+			Verified:  []string{"kube-apiserver serves apiserver serial 2 on 127.0.0.1:6443"}, Notes: proxyNote(req)}
 	case api.KubeletCSR:
 		if f.csrs != nil {
 			res.CSRs = f.csrs(req.Node)
@@ -244,6 +245,17 @@ func (f *fakeAgents) perform(stdin []byte) ([]byte, error) {
 		res.Renew = &api.RenewResult{Backup: "b2"}
 	}
 	return json.Marshal(res)
+}
+
+// proxyNote is the note agents make, in every inspection and renewal, when
+// kube-proxy is among the services.
+func proxyNote(req api.Request) []string {
+	for _, s := range req.Services {
+		if s == string(pki.ServiceKubeProxy) {
+			return []string{"kube-proxy authenticates with a ServiceAccount token in kubeadm clusters: no certificate file to renew; its pods are restarted"}
+		}
+	}
+	return nil
 }
 
 func (f *fakeAgents) callsOf(action api.Action) []string {

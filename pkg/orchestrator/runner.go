@@ -45,6 +45,7 @@ type Runner struct {
 	mu       sync.Mutex
 	inflight map[string]api.Action // node -> the change in progress there
 	lastCall map[string]time.Time  // agent pod -> when the plugin last spoke to it
+	user     *string               // the user, once asked (userName)
 }
 
 // logf logs a line of progress at the default verbosity.

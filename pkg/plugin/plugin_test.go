@@ -11,6 +11,7 @@ import (
 
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/api"
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/orchestrator"
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/report"
 )
 
 func TestRotateFlagValidation(t *testing.T) {
@@ -27,13 +28,16 @@ func TestRotateFlagValidation(t *testing.T) {
 		"empty node name":   {[]string{"--all", "--nodes", "a,,b"}, "empty node name"},
 		"arguments refused": {[]string{"--all", "extra"}, "unknown command"},
 		// expirationSeconds is an int32: 68 years would wrap around.
-		"validity overflows": {[]string{"--all", "--validity", "600000h"}, "longer than a CertificateSigningRequest can ask for"},
-		"no backups kept":    {[]string{"--all", "--keep-backups", "0"}, "--keep-backups must be at least 1"},
-		"bad rollback run":   {[]string{"rollback", "--run", "../etc"}, "is not a run ID"},
-		"recover, no nodes":  {[]string{"recover"}, "exactly one of --kind-cluster NAME, --ssh HOSTS or --local"},
-		"recover, two ways":  {[]string{"recover", "--local", "--kind-cluster", "x"}, "exactly one of"},
-		"recover, bad hosts": {[]string{"recover", "--ssh", "a,,b@"}, `--ssh: SSH target "b@": no host`},
-		"recover, kind file": {[]string{"recover", "--kind-cluster", "x", "--write-kubeconfig", "f"}, "--write-kubeconfig is for --ssh and --local"},
+		"validity overflows":  {[]string{"--all", "--validity", "600000h"}, "longer than a CertificateSigningRequest can ask for"},
+		"no backups kept":     {[]string{"--all", "--keep-backups", "0"}, "--keep-backups must be at least 1"},
+		"bad output":          {[]string{"--all", "-o", "xml"}, "--output must be json or yaml"},
+		"bad rollback output": {[]string{"rollback", "-o", "wide"}, "--output must be json or yaml"},
+		"bad recover output":  {[]string{"recover", "--kind-cluster", "x", "-o", "table"}, "--output must be json or yaml"},
+		"bad rollback run":    {[]string{"rollback", "--run", "../etc"}, "is not a run ID"},
+		"recover, no nodes":   {[]string{"recover"}, "exactly one of --kind-cluster NAME, --ssh HOSTS or --local"},
+		"recover, two ways":   {[]string{"recover", "--local", "--kind-cluster", "x"}, "exactly one of"},
+		"recover, bad hosts":  {[]string{"recover", "--ssh", "a,,b@"}, `--ssh: SSH target "b@": no host`},
+		"recover, kind file":  {[]string{"recover", "--kind-cluster", "x", "--write-kubeconfig", "f"}, "--write-kubeconfig is for --ssh and --local"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -109,11 +113,11 @@ func TestStatusWarnWithinAndJSON(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "kubelet-client expires") || strings.Contains(err.Error(), "apiserver") {
 		t.Errorf("--warn-within 30d must name exactly the certificate expiring in 10 days: %v", err)
 	}
-	var rep StatusReport
+	var rep report.StatusReport
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Certificates) != 3 || !rep.Certificates[2].Missing || rep.Certificates[0].Node != "cp-1" {
+	if rep.APIVersion != report.APIVersion || rep.Kind != report.KindStatus || len(rep.Certificates) != 3 || !rep.Certificates[2].Missing || rep.Certificates[0].Node != "cp-1" {
 		t.Errorf("json %+v", rep)
 	}
 	o.warnWithin, o.warn = "1d", 24*time.Hour

@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/orchestrator"
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/report"
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/transport"
 	sshtransport "github.com/rotate-certs/kubectl-rotate-certs/pkg/transport/ssh"
 )
@@ -34,6 +35,7 @@ type RecoverOptions struct {
 	server          string
 	validity        time.Duration
 	dryRun          bool
+	output          string
 
 	kind  *transport.Kind
 	nodes []transport.Node
@@ -96,6 +98,7 @@ API still works.`,
 	f.DurationVar(&o.timeout, "timeout", 5*time.Minute, "Longest wait for any single step")
 	f.IntVar(&o.parallelism, "parallelism", 2, "Worker nodes worked on at the same time (control planes always go one at a time)")
 	f.BoolVar(&o.dryRun, "dry-run", false, "Print the plan and change nothing")
+	addOutputFlag(cmd, &o.output)
 	o.addChangeFlags(cmd)
 	return cmd
 }
@@ -137,7 +140,7 @@ func (o *RecoverOptions) Validate() error {
 	if o.keepBackups < 1 {
 		return fmt.Errorf("--keep-backups must be at least 1, got %d", o.keepBackups)
 	}
-	return nil
+	return validateOutput(o.output)
 }
 
 // Run reaches the nodes and recovers them.
@@ -154,17 +157,16 @@ func (o *RecoverOptions) Run(ctx context.Context) error {
 	rep, err := o.runner.Recover(ctx, orchestrator.RecoverOptions{
 		Nodes: o.nodes, Agent: o.agentFor, Validity: o.validity, Parallelism: o.parallelism, DryRun: o.dryRun, Connect: o.connectRecovered,
 	})
+	if err == nil && !o.dryRun {
+		if err = o.handBack(rep); err == nil {
+			fmt.Fprintf(o.ErrOut, "recovered: every node Ready %s after the start\n", rep.Ready.Round(time.Second))
+		}
+	}
+	var r *orchestrator.Report
 	if rep != nil {
-		printReport(o.Out, o.ErrOut, &rep.Report)
+		r = &rep.Report
 	}
-	if err != nil || o.dryRun {
-		return err
-	}
-	if err := o.handBack(rep); err != nil {
-		return err
-	}
-	fmt.Fprintf(o.ErrOut, "recovered: every node Ready %s after the start\n", rep.Ready.Round(time.Second))
-	return nil
+	return printRun(o.Out, o.ErrOut, o.output, report.KindRecover, r, err)
 }
 
 // reachNodes opens the chosen transport's nodes.

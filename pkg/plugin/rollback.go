@@ -3,13 +3,13 @@ package plugin
 import (
 	"context"
 	"fmt"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/orchestrator"
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/report"
 )
 
 // RollbackOptions are the options of "kubectl rotate-certs rollback".
@@ -17,6 +17,7 @@ type RollbackOptions struct {
 	commonFlags
 	run    string
 	dryRun bool
+	output string
 }
 
 // NewCmdRollback builds "kubectl rotate-certs rollback".
@@ -48,6 +49,7 @@ too.`,
 	o.addChangeFlags(cmd)
 	cmd.Flags().StringVar(&o.run, "run", "", "The run to undo (default: the latest rotation whose backups the nodes keep)")
 	cmd.Flags().BoolVar(&o.dryRun, "dry-run", false, "Print the files that would be restored on each node and change nothing")
+	addOutputFlag(cmd, &o.output)
 	o.configFlags.AddFlags(cmd.Flags())
 	return cmd
 }
@@ -60,6 +62,9 @@ func (o *RollbackOptions) Validate() error {
 	if o.run != "" && !orchestrator.ValidRunID(o.run) {
 		return fmt.Errorf("--run %q is not a run ID (they look like rc-0123456789abcdef)", o.run)
 	}
+	if err := validateOutput(o.output); err != nil {
+		return err
+	}
 	return o.validateChange()
 }
 
@@ -71,25 +76,5 @@ func (o *RollbackOptions) Run(ctx context.Context) error {
 	rep, err := o.runner.Rollback(ctx, orchestrator.RollbackOptions{
 		Run: o.run, NodeNames: o.nodes, Selector: o.selector, Parallelism: o.parallelism, DryRun: o.dryRun,
 	})
-	if rep != nil {
-		for _, n := range rep.Notes {
-			fmt.Fprintln(o.ErrOut, "note: "+n)
-		}
-		if len(rep.Rows) > 0 {
-			w := tabwriter.NewWriter(o.Out, 0, 4, 2, ' ', 0)
-			if rep.DryRun {
-				fmt.Fprintln(w, "NODE\tRUN\tFILE TO RESTORE")
-				for _, r := range rep.Rows {
-					fmt.Fprintf(w, "%s\t%s\t%s\n", r.Node, r.Certificate, r.Path)
-				}
-			} else {
-				fmt.Fprintln(w, "NODE\tCERTIFICATE\tRESTORED SERIAL\tEXPIRES")
-				for _, r := range rep.Rows {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", r.Node, r.Certificate, shortSerial(r.NewSerial), r.NewNotAfter.Format("2006-01-02T15:04:05Z07:00"))
-				}
-			}
-			w.Flush()
-		}
-	}
-	return err
+	return printRun(o.Out, o.ErrOut, o.output, report.KindRollback, rep, err)
 }

@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -18,6 +16,7 @@ import (
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/api"
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/orchestrator"
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/pki"
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/report"
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/version"
 )
 
@@ -137,6 +136,7 @@ type RotateOptions struct {
 	restart  string
 	dryRun   bool
 	resume   bool
+	output   string
 
 	resolved []pki.Service
 }
@@ -159,6 +159,7 @@ func (o *RotateOptions) addFlags(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&o.restart, "restart", api.RestartNeeded, "needed: restart only what cannot reload (kube-controller-manager, kube-scheduler, kubelet); all: also restart etcd and kube-apiserver so no connection keeps an old certificate")
 	cmd.Flags().BoolVar(&o.dryRun, "dry-run", false, "Print the plan (node, certificate, current expiry) through read-only pods and change nothing")
 	cmd.Flags().BoolVar(&o.resume, "resume", true, "After an interrupted or failed run of the same services, skip what it already completed on each node")
+	addOutputFlag(cmd, &o.output)
 	o.configFlags.AddFlags(cmd.Flags())
 }
 
@@ -199,10 +200,14 @@ func (o *RotateOptions) Validate() error {
 	if o.validity > orchestrator.MaxValidity {
 		return fmt.Errorf("--validity %s is longer than a CertificateSigningRequest can ask for (%s, its expirationSeconds is an int32); use a shorter one", o.validity, orchestrator.MaxValidity)
 	}
+	if err := validateOutput(o.output); err != nil {
+		return err
+	}
 	return o.validateChange()
 }
 
-// Run rotates and prints the report: progress on stderr, the table on stdout.
+// Run rotates and prints the report: progress on stderr, the table (or,
+// with -o, the RotationReport) on stdout, also when the run failed part-way.
 func (o *RotateOptions) Run(ctx context.Context) error {
 	if err := o.connect(); err != nil {
 		return err
@@ -211,44 +216,5 @@ func (o *RotateOptions) Run(ctx context.Context) error {
 		Services: o.resolved, NodeNames: o.nodes, Selector: o.selector, Validity: o.validity,
 		Restart: o.restart, Parallelism: o.parallelism, DryRun: o.dryRun, Resume: o.resume,
 	})
-	if rep != nil {
-		printReport(o.Out, o.ErrOut, rep)
-	}
-	return err
-}
-
-func printReport(out, errOut io.Writer, rep *orchestrator.Report) {
-	for _, n := range rep.Notes {
-		fmt.Fprintln(errOut, "note: "+n)
-	}
-	if len(rep.Rows) == 0 {
-		return
-	}
-	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	if rep.DryRun {
-		fmt.Fprintln(w, "NODE\tCERTIFICATE\tPATH\tSERIAL\tEXPIRES")
-		for _, r := range rep.Rows {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", r.Node, r.Certificate, r.Path, r.OldSerial, r.OldNotAfter.Format(time.RFC3339))
-		}
-	} else {
-		fmt.Fprintln(w, "NODE\tCERTIFICATE\tOLD SERIAL -> NEW SERIAL\tOLD EXPIRY -> NEW EXPIRY")
-		for _, r := range rep.Rows {
-			fmt.Fprintf(w, "%s\t%s\t%s -> %s\t%s -> %s\n", r.Node, r.Certificate, shortSerial(r.OldSerial), shortSerial(r.NewSerial),
-				r.OldNotAfter.Format(time.RFC3339), r.NewNotAfter.Format(time.RFC3339))
-		}
-	}
-	w.Flush()
-	if rep.DryRun {
-		fmt.Fprintln(errOut, "dry run: nothing was changed")
-	} else if rep.Run != "" {
-		fmt.Fprintf(errOut, "run %s: the nodes keep backups of the replaced files; undo it with: kubectl rotate-certs rollback --run %s\n", rep.Run, rep.Run)
-	}
-}
-
-// shortSerial keeps tables readable; serials are decimal and long.
-func shortSerial(s string) string {
-	if len(s) > 12 {
-		return s[:6] + "…" + s[len(s)-5:]
-	}
-	return s
+	return printRun(o.Out, o.ErrOut, o.output, report.KindRotation, rep, err)
 }

@@ -2,7 +2,6 @@ package plugin
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"strconv"
@@ -14,10 +13,9 @@ import (
 	"k8s.io/apimachinery/pkg/util/duration"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
-	"sigs.k8s.io/yaml"
 
-	"github.com/rotate-certs/kubectl-rotate-certs/pkg/api"
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/orchestrator"
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/report"
 )
 
 // StatusOptions are the options of "kubectl rotate-certs status".
@@ -27,19 +25,6 @@ type StatusOptions struct {
 	warnWithin string
 
 	warn time.Duration
-}
-
-// StatusReport is the machine-readable output of status (-o json|yaml).
-type StatusReport struct {
-	Certificates           []api.CertInfo `json:"certificates"`
-	CertificateAuthorities []api.CertInfo `json:"certificateAuthorities"`
-	Errors                 []NodeError    `json:"errors,omitempty"`
-}
-
-// NodeError is a node whose certificates could not be read.
-type NodeError struct {
-	Node  string `json:"node"`
-	Error string `json:"error"`
 }
 
 // NewCmdStatus builds "kubectl rotate-certs status".
@@ -57,7 +42,7 @@ func NewCmdStatus(streams genericiooptions.IOStreams) *cobra.Command {
 		RunE: func(*cobra.Command, []string) error { return run(o) },
 	}
 	o.addFlags(cmd)
-	cmd.Flags().StringVarP(&o.output, "output", "o", "", "Output format: json or yaml (default: tables)")
+	addOutputFlag(cmd, &o.output)
 	cmd.Flags().StringVar(&o.warnWithin, "warn-within", "", "Exit non-zero if any certificate expires within this duration (e.g. 30d, 72h)")
 	o.configFlags.AddFlags(cmd.Flags())
 	return cmd
@@ -94,10 +79,8 @@ func parseDays(s string) (time.Duration, error) {
 
 // Validate checks the flags.
 func (o *StatusOptions) Validate() error {
-	switch o.output {
-	case "", "json", "yaml":
-	default:
-		return fmt.Errorf("--output must be json or yaml, got %q", o.output)
+	if err := validateOutput(o.output); err != nil {
+		return err
 	}
 	return o.validate()
 }
@@ -118,20 +101,11 @@ func (o *StatusOptions) Run(ctx context.Context) error {
 // with --warn-within, for certificates that expire within the window.
 func (o *StatusOptions) report(nodes []orchestrator.NodeStatus) error {
 	rep := buildStatusReport(nodes)
-	switch o.output {
-	case "json":
-		data, err := json.MarshalIndent(rep, "", "  ")
-		if err != nil {
+	if o.output != "" {
+		if err := printObject(o.Out, o.output, rep); err != nil {
 			return err
 		}
-		fmt.Fprintln(o.Out, string(data))
-	case "yaml":
-		data, err := yaml.Marshal(rep)
-		if err != nil {
-			return err
-		}
-		fmt.Fprint(o.Out, string(data))
-	default:
+	} else {
 		printStatusTables(o.Out, rep)
 	}
 	var problems []string
@@ -139,7 +113,7 @@ func (o *StatusOptions) report(nodes []orchestrator.NodeStatus) error {
 		problems = append(problems, fmt.Sprintf("node %s: %s", e.Node, e.Error))
 	}
 	if o.warnWithin != "" {
-		for _, c := range append(append([]api.CertInfo{}, rep.Certificates...), rep.CertificateAuthorities...) {
+		for _, c := range append(append([]report.CertInfo{}, rep.Certificates...), rep.CertificateAuthorities...) {
 			if c.NotAfter != nil && time.Duration(c.ResidualSeconds)*time.Second < o.warn {
 				problems = append(problems, fmt.Sprintf("node %s: %s expires %s (within %s)", c.Node, c.Name, c.NotAfter.Format(time.RFC3339), o.warnWithin))
 			}
@@ -151,19 +125,25 @@ func (o *StatusOptions) report(nodes []orchestrator.NodeStatus) error {
 	return nil
 }
 
-func buildStatusReport(nodes []orchestrator.NodeStatus) StatusReport {
-	rep := StatusReport{Certificates: []api.CertInfo{}, CertificateAuthorities: []api.CertInfo{}}
+func buildStatusReport(nodes []orchestrator.NodeStatus) *report.StatusReport {
+	rep := report.NewStatusReport()
 	for _, n := range nodes {
 		if n.Error != "" {
-			rep.Errors = append(rep.Errors, NodeError{Node: n.Node, Error: n.Error})
+			rep.Errors = append(rep.Errors, report.NodeError{Node: n.Node, Error: n.Error})
 		}
-		rep.Certificates = append(rep.Certificates, n.Certs...)
-		rep.CertificateAuthorities = append(rep.CertificateAuthorities, n.CAs...)
+		// The agent's CertInfo and the report's are one struct: this
+		// conversion stops compiling if either changes alone.
+		for _, c := range n.Certs {
+			rep.Certificates = append(rep.Certificates, report.CertInfo(c))
+		}
+		for _, c := range n.CAs {
+			rep.CertificateAuthorities = append(rep.CertificateAuthorities, report.CertInfo(c))
+		}
 	}
 	return rep
 }
 
-func printStatusTables(out io.Writer, rep StatusReport) {
+func printStatusTables(out io.Writer, rep *report.StatusReport) {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "NODE\tCERTIFICATE\tEXPIRES\tRESIDUAL TIME\tCERTIFICATE AUTHORITY\tEXTERNALLY MANAGED")
 	for _, c := range rep.Certificates {
@@ -182,7 +162,7 @@ func printStatusTables(out io.Writer, rep StatusReport) {
 	}
 }
 
-func expires(c api.CertInfo) string {
+func expires(c report.CertInfo) string {
 	switch {
 	case c.Missing:
 		return "missing"
@@ -196,7 +176,7 @@ func expires(c api.CertInfo) string {
 
 // residual prints time left as kubeadm does (apimachinery's
 // ShortHumanDuration: 364d, 9y, <invalid> once expired).
-func residual(c api.CertInfo) string {
+func residual(c report.CertInfo) string {
 	if c.NotAfter == nil {
 		return "-"
 	}
