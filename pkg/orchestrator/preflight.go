@@ -16,9 +16,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// permission is one thing the plugin must be allowed to do.
+// permission is one thing the plugin must be allowed to do. An optional
+// one is only nice to have: without it the plugin does without (and says
+// so) instead of refusing to start.
 type permission struct {
 	verb, group, resource, subresource, namespace, name string
+	optional                                            bool
 }
 
 func (p permission) String() string {
@@ -74,6 +77,12 @@ var (
 		{verb: "get", group: "apps", resource: "daemonsets", namespace: Namespace, name: "kube-proxy"},
 		{verb: "patch", group: "apps", resource: "daemonsets", namespace: Namespace, name: "kube-proxy"},
 	}
+	// The audit trail: an Event on each changed node's Node object. Core
+	// v1 events in namespace default, where events about nodes (which
+	// have no namespace) live: what `kubectl get events`, `kubectl events`
+	// and `kubectl describe node` show, selectable by involvedObject.kind.
+	permCreateEvents = permission{verb: "create", resource: "events", namespace: EventNamespace, optional: true}
+	permsEvents      = []permission{permCreateEvents}
 )
 
 // permissions is what a command needs, from the list above.
@@ -101,7 +110,11 @@ func (r *Runner) Preflight(ctx context.Context, perms permissions) error {
 		if err != nil {
 			return fmt.Errorf("checking permissions: %w", err)
 		}
-		if !got.Status.Allowed {
+		switch {
+		case got.Status.Allowed:
+		case p.optional:
+			r.setOptionalDenied(p)
+		default:
 			denied = append(denied, p.String())
 		}
 	}
@@ -109,4 +122,21 @@ func (r *Runner) Preflight(ctx context.Context, perms permissions) error {
 		return fmt.Errorf("your kubeconfig's user is not allowed to: %s\nask a cluster administrator for these permissions (see README: required RBAC); nothing was changed", strings.Join(denied, "; "))
 	}
 	return nil
+}
+
+func (r *Runner) setOptionalDenied(p permission) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.denied == nil {
+		r.denied = map[permission]bool{}
+	}
+	r.denied[p] = true
+}
+
+// optionalDenied tells whether the preflight found an optional permission
+// denied.
+func (r *Runner) optionalDenied(p permission) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.denied[p]
 }

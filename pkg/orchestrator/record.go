@@ -113,7 +113,9 @@ func (e *outcomeError) Unwrap() error { return e.err }
 // merge adds what another report (one worker's) recorded.
 func (rep *Report) merge(o *Report) {
 	rep.Rows = append(rep.Rows, o.Rows...)
-	rep.Notes = append(rep.Notes, o.Notes...)
+	for _, note := range o.Notes {
+		rep.noteOnce(note)
+	}
 	for _, on := range o.Nodes {
 		n := rep.node(agentPod{node: on.Node, controlPlane: on.ControlPlane})
 		n.Backups = append(n.Backups, on.Backups...)

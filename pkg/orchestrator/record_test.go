@@ -39,8 +39,8 @@ func TestReportRecordsEachNode(t *testing.T) {
 	if w := rep.Nodes[2]; strings.Join(w.Backups, ",") != "b1" {
 		t.Errorf("w-2: %+v", w)
 	}
-	if rep.User != "" {
-		t.Errorf("user %q from a fake that names nobody", rep.User)
+	if rep.User != "kubernetes-admin" {
+		t.Errorf("user %q, want the SelfSubjectReview's", rep.User)
 	}
 }
 

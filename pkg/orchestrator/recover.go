@@ -159,7 +159,20 @@ func (r *Runner) Recover(ctx context.Context, o RecoverOptions) (rep *RecoverRep
 		return rep, fmt.Errorf("every node was recovered, but the API cannot be reached from here: %w", err)
 	}
 	r.Client = client
-	if err := r.afterRecovery(ctx, append(append([]agentPod{}, cps...), workers...), rep); err != nil {
+	rep.User = r.userName(ctx)
+	all := append(append([]agentPod{}, cps...), workers...)
+	err = r.afterRecovery(ctx, all, rep)
+	// The audit trail, now that there is an API to record it in.
+	for _, ap := range all {
+		var rows []Row
+		for _, row := range rep.Rows {
+			if row.Node == ap.node {
+				rows = append(rows, row)
+			}
+		}
+		r.nodeEvent(&rep.Report, ap, recoverEvent, rows, nil)
+	}
+	if err != nil {
 		return rep, err
 	}
 	rep.Ready = time.Since(start)

@@ -35,11 +35,7 @@ func (r *Runner) Rollback(ctx context.Context, o RollbackOptions) (rep *Report, 
 	if err != nil {
 		return rep, err
 	}
-	perms := permissions(permsAgents)
-	if !o.DryRun {
-		perms = perms.with(permsLock, permsKubeletRestart)
-	}
-	if err := r.Preflight(ctx, perms); err != nil {
+	if err := r.Preflight(ctx, o.permissions()); err != nil {
 		return rep, err
 	}
 	runID := newRunID()
@@ -131,8 +127,10 @@ func (r *Runner) Rollback(ctx context.Context, o RollbackOptions) (rep *Report, 
 		return nil
 	}
 	recorded := func(ap agentPod, rep *Report) error {
+		before := len(rep.Rows)
 		err := one(ap, rep)
 		rep.failed(ap, err)
+		r.nodeEvent(rep, ap, rollbackEvent, rep.Rows[before:], err)
 		return err
 	}
 	var workers []agentPod
@@ -146,11 +144,23 @@ func (r *Runner) Rollback(ctx context.Context, o RollbackOptions) (rep *Report, 
 		}
 	}
 	reps := make([]Report, len(workers))
+	for i := range reps {
+		reps[i].Run, reps[i].User, reps[i].RolledBack = rep.Run, rep.User, rep.RolledBack
+	}
 	errs = forEach(ctx, len(workers), max(o.Parallelism, 1), func(i int) error { return recorded(workers[i], &reps[i]) })
 	for i := range reps {
 		rep.merge(&reps[i])
 	}
 	return rep, errors.Join(errs...)
+}
+
+// permissions are what a rollback with these options needs.
+func (o RollbackOptions) permissions() permissions {
+	p := permissions(permsAgents)
+	if o.DryRun {
+		return p
+	}
+	return p.with(permsLock, permsKubeletRestart, permsEvents)
 }
 
 // latestRun is the newest rotation run with committed backups on any node.

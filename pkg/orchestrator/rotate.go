@@ -135,6 +135,7 @@ func (r *Runner) Rotate(ctx context.Context, o RotateOptions) (rep *Report, err 
 			serviceNames = append(serviceNames, string(s))
 		}
 		lock, prev, err = r.lockCluster(ctx, RunRecord{ID: runID, Kind: "rotate", Services: serviceNames, Validity: o.Validity, Started: time.Now().UTC()})
+		rep.User = r.userName(ctx)
 		if err != nil {
 			return rep, err
 		}
@@ -223,6 +224,7 @@ func (r *Runner) Rotate(ctx context.Context, o RotateOptions) (rep *Report, err 
 	}
 	workerReps := make([]Report, len(workers))
 	errs = forEach(ctx, len(workers), o.Parallelism, func(i int) error {
+		workerReps[i].Run, workerReps[i].User = rep.Run, rep.User
 		return r.rotateOne(ctx, workers[i], o, &workerReps[i], skip[workers[i].node], lock)
 	})
 	for i := range workerReps {
@@ -248,7 +250,7 @@ func (o RotateOptions) permissions() permissions {
 	if o.DryRun {
 		return p
 	}
-	p = p.with(permsLock, permsKubeletRestart)
+	p = p.with(permsLock, permsKubeletRestart, permsEvents)
 	if o.has(pki.ServiceKubelet) {
 		p = p.with(permsCSR)
 	}
@@ -359,11 +361,14 @@ func servicesFor(o RotateOptions, ap agentPod) []string {
 	return out
 }
 
-// rotateOne rotates one node, records how that ended on the node's
-// record, and marks the node done on the run's record.
+// rotateOne rotates one node, records how that ended (on the node's
+// record, and as an event on its Node object), and marks the node done on
+// the run's record.
 func (r *Runner) rotateOne(ctx context.Context, ap agentPod, o RotateOptions, rep *Report, skip skipSteps, lock *clusterLock) error {
+	before := len(rep.Rows)
 	err := r.rotateNode(ctx, ap, o, rep, skip)
 	rep.failed(ap, err)
+	r.nodeEvent(rep, ap, rotationEvent, rep.Rows[before:], err)
 	if err == nil {
 		lock.nodeDone(ap.node)
 	}

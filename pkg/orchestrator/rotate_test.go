@@ -10,12 +10,14 @@ import (
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	certificatesv1 "k8s.io/api/certificates/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
@@ -31,7 +33,7 @@ func fakeCluster(t *testing.T, cps, workers []string, denied ...string) *fake.Cl
 	t.Helper()
 	var objs []runtime.Object
 	for _, n := range append(append([]string{}, cps...), workers...) {
-		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n, Labels: map[string]string{}},
+		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n, UID: types.UID("uid-" + n), Labels: map[string]string{}},
 			Status: corev1.NodeStatus{Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}},
 				Addresses: []corev1.NodeAddress{{Type: corev1.NodeHostName, Address: n}, {Type: corev1.NodeInternalIP, Address: "192.0.2.10"}}}}
 		for _, c := range cps {
@@ -77,6 +79,11 @@ func fakeCluster(t *testing.T, cps, workers []string, denied ...string) *fake.Cl
 		}
 		now := metav1.NewMicroTime(time.Now())
 		return true, &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: a.(k8stesting.GetAction).GetName(), Namespace: "kube-node-lease"}, Spec: coordinationv1.LeaseSpec{RenewTime: &now}}, nil
+	})
+	c.PrependReactor("create", "selfsubjectreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		r := a.(k8stesting.CreateAction).GetObject().(*authenticationv1.SelfSubjectReview)
+		r.Status.UserInfo.Username = "kubernetes-admin"
+		return true, r, nil
 	})
 	c.PrependReactor("create", "selfsubjectaccessreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		r := a.(k8stesting.CreateAction).GetObject().(*authorizationv1.SelfSubjectAccessReview)
@@ -210,7 +217,7 @@ func (f *fakeAgents) perform(stdin []byte) ([]byte, error) {
 		f.busyControlPlanes--
 		f.backups[req.Node] = append(f.backups[req.Node], api.Backup{Name: "b0", Run: req.Run, Action: "renew", State: api.BackupCommitted})
 		f.mu.Unlock()
-		res.Renew = &api.RenewResult{Backup: "b0", Changes: []api.Change{{Name: "apiserver", OldSerial: "1", NewSerial: "2"}},
+		res.Renew = &api.RenewResult{Backup: "b0", Changes: []api.Change{{Name: "apiserver", OldSerial: "1", NewSerial: "2", NewNotAfter: time.Now().Add(8760 * time.Hour).UTC()}},
 			Restarted: []api.Restarted{{Component: "kube-controller-manager", OldPID: 10, NewPID: 11, Seconds: 1.5}},
 			Verified:  []string{"kube-apiserver serves apiserver serial 2 on 127.0.0.1:6443"}, Notes: proxyNote(req)}
 	case api.KubeletCSR:
@@ -242,7 +249,7 @@ func (f *fakeAgents) perform(stdin []byte) ([]byte, error) {
 	case api.ListBackups:
 		res.Backups = []api.Backup{{Name: "b0", Run: "rc-00000000000000aa", Action: "renew", State: api.BackupCommitted, Created: time.Now(), Paths: []string{"/etc/kubernetes/admin.conf"}}}
 	case api.Rollback:
-		res.Renew = &api.RenewResult{Backup: "b2"}
+		res.Renew = &api.RenewResult{Backup: "b2", Changes: []api.Change{{Name: "admin.conf", Path: "/etc/kubernetes/admin.conf", NewSerial: "1", NewNotAfter: time.Now().Add(time.Hour).UTC()}}}
 	}
 	return json.Marshal(res)
 }

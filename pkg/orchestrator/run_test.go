@@ -197,8 +197,12 @@ func TestPreflightCoversEveryRequest(t *testing.T) {
 		"kubelet": {kubelet.permissions(), func(r *Runner) error { _, err := r.Rotate(context.Background(), kubelet); return err }},
 		"dry run": {dry.permissions(), func(r *Runner) error { _, err := r.Rotate(context.Background(), dry); return err }},
 		"status":  {permsAgents, func(r *Runner) error { _, err := r.Status(context.Background(), nil, "", 2); return err }},
-		"rollback": {permissions(permsAgents).with(permsLock, permsKubeletRestart), func(r *Runner) error {
+		"rollback": {RollbackOptions{}.permissions(), func(r *Runner) error {
 			_, err := r.Rollback(context.Background(), RollbackOptions{Parallelism: 1})
+			return err
+		}},
+		"rollback dry run": {RollbackOptions{DryRun: true}.permissions(), func(r *Runner) error {
+			_, err := r.Rollback(context.Background(), RollbackOptions{Parallelism: 1, DryRun: true})
 			return err
 		}},
 	}

@@ -46,6 +46,7 @@ type Runner struct {
 	inflight map[string]api.Action // node -> the change in progress there
 	lastCall map[string]time.Time  // agent pod -> when the plugin last spoke to it
 	user     *string               // the user, once asked (userName)
+	denied   map[permission]bool   // optional permissions the preflight found denied
 }
 
 // logf logs a line of progress at the default verbosity.
