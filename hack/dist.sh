@@ -2,7 +2,8 @@
 # Cross-compiles kubectl-rotate_certs and packages reproducible release
 # archives plus the filled-in krew manifest:
 #
-#   $DIST_DIR/kubectl-rotate_certs_<version>_<os>_<arch>.tar.gz  (.zip on windows)
+#   $DIST_DIR/kubectl-rotate_certs_<version>_<os>_<arch>.tar.gz  (.zip on windows;
+#                                 the binary, LICENSE and completion/'s script)
 #   $DIST_DIR/checksums.txt       sha256sum -c format
 #   $DIST_DIR/rotate-certs.yaml   krew/rotate-certs.yaml rendered
 #   $DIST_DIR/bin/<os>_<arch>/    the raw binaries
@@ -72,7 +73,7 @@ if [ -n "$DIST_URI_BASE" ]; then
 fi
 GOFLAGS= go run ./hack/tools/krewdist package \
   -dist "$DIST_DIR" -version "$VERSION" -epoch "$SOURCE_DATE_EPOCH" \
-  -license LICENSE -template krew/rotate-certs.yaml \
+  -license LICENSE -completion completion -template krew/rotate-certs.yaml \
   -platforms "$PLATFORMS" "${uri_args[@]}"
 
 echo "hack/dist.sh: $VERSION for [$PLATFORMS] in $DIST_DIR/ ($(( $(date +%s) - start ))s):" >&2

@@ -19,6 +19,8 @@
 #                      connect() to anything but loopback/unix sockets
 #   plugin-help        `kubectl rotate-certs --help` via kubectl plugin lookup
 #   plugin-version     `kubectl rotate-certs version` prints $VERSION
+#   plugin-completion  the archive's completion script, copied as the caveats
+#                      say, completes --service, also through kubectl >= 1.26
 #   uninstall          `kubectl krew uninstall rotate-certs` removes it
 #   reproducible       a second build from a copy of the sources at another
 #                      path gives byte-identical archives and manifest for all
@@ -256,6 +258,30 @@ plugin_version() {
   [ "$got" = "$VERSION" ]
 }
 check plugin-version plugin_version
+
+# Shell completion: the archive's kubectl_complete-rotate_certs, installed by
+# krew into its store and copied into krew's bin by the caveats' own command;
+# it completes --service values, run directly and, with kubectl 1.26 or
+# later (which runs kubectl_complete-<plugin> from PATH), through kubectl.
+plugin_completion() {
+  local cmd out minor
+  cmd=$(grep -o 'cp "${KREW_ROOT:-$HOME/.krew}/store/rotate-certs/[^ ]*/kubectl_complete-rotate_certs" "${KREW_ROOT:-$HOME/.krew}/bin/"' "$DIST/rotate-certs.yaml")
+  [ -n "$cmd" ] || { log "the caveats do not say how to install the completion script"; return 1; }
+  plugin_env sh -c "$cmd" || return 1
+  [ -x "$KR/bin/kubectl_complete-rotate_certs" ] || return 1
+  out=$(plugin_env kubectl_complete-rotate_certs --service "" 2>/dev/null) || return 1
+  grep -qx etcd <<< "$out" && grep -qx kube-proxy <<< "$out" && grep -qx ':4' <<< "$out" || { echo "$out" >&2; return 1; }
+  minor=$(plugin_env kubectl version --client -o json 2>/dev/null | sed -n 's/.*"minor": *"\([0-9]*\).*/\1/p' | head -n 1)
+  if [ "${minor:-0}" -ge 26 ]; then
+    out=$(plugin_env kubectl __complete rotate-certs --service kube-a 2>/dev/null) || return 1
+    log "kubectl 1.$minor completes 'kubectl rotate-certs --service kube-a': $(head -n 1 <<< "$out")"
+    grep -qx kube-apiserver <<< "$out" || { echo "$out" >&2; return 1; }
+  else
+    log "kubectl 1.${minor:-?} predates plugin completion (1.26): only the script was checked"
+  fi
+  rm -f "$KR/bin/kubectl_complete-rotate_certs"
+}
+check plugin-completion plugin_completion
 
 uninstall() {
   # `krew uninstall` insists on an initialized index, which an offline-only

@@ -53,7 +53,7 @@ func TestRotateFlagValidation(t *testing.T) {
 }
 
 func TestNodesAreDeduplicated(t *testing.T) {
-	o := NewRotateOptions(genericiooptions.IOStreams{})
+	o := NewRotateOptions(genericiooptions.IOStreams{}, nil)
 	o.all, o.nodes, o.parallelism, o.timeout, o.image, o.restart, o.validity, o.keepBackups = true, []string{"a", " a", "b", "a"}, 1, time.Minute, "img", "needed", time.Hour, 1
 	if err := o.Validate(); err != nil {
 		t.Fatal(err)

@@ -100,6 +100,7 @@ API still works.`,
 	f.BoolVar(&o.dryRun, "dry-run", false, "Print the plan and change nothing")
 	addOutputFlag(cmd, &o.output)
 	o.addChangeFlags(cmd)
+	_ = cmd.RegisterFlagCompletionFunc("output", fixedCompletions(outputFormats...))
 	return cmd
 }
 

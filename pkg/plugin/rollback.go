@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
-	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/orchestrator"
@@ -22,7 +21,11 @@ type RollbackOptions struct {
 
 // NewCmdRollback builds "kubectl rotate-certs rollback".
 func NewCmdRollback(streams genericiooptions.IOStreams) *cobra.Command {
-	o := &RollbackOptions{commonFlags: commonFlags{configFlags: genericclioptions.NewConfigFlags(true), IOStreams: streams}}
+	return newCmdRollback(streams, nil)
+}
+
+func newCmdRollback(streams genericiooptions.IOStreams, newFactory NewFactoryFunc) *cobra.Command {
+	o := &RollbackOptions{commonFlags: newCommonFlags(streams, newFactory)}
 	cmd := &cobra.Command{
 		Use:   "rollback [--run ID]",
 		Short: "Put back the files a rotation run replaced, on every node it changed",
@@ -51,6 +54,7 @@ too.`,
 	cmd.Flags().BoolVar(&o.dryRun, "dry-run", false, "Print the files that would be restored on each node and change nothing")
 	addOutputFlag(cmd, &o.output)
 	o.configFlags.AddFlags(cmd.Flags())
+	o.registerCompletions(cmd)
 	return cmd
 }
 

@@ -20,7 +20,13 @@ import (
 
 // NewCmdRotateCerts builds the root command "kubectl rotate-certs".
 func NewCmdRotateCerts(streams genericiooptions.IOStreams) *cobra.Command {
-	o := NewRotateOptions(streams)
+	return newCmdRotateCerts(streams, nil)
+}
+
+// newCmdRotateCerts builds the command tree with the clients newFactory
+// makes (nil: real ones).
+func newCmdRotateCerts(streams genericiooptions.IOStreams, newFactory NewFactoryFunc) *cobra.Command {
+	o := NewRotateOptions(streams, newFactory)
 	cmd := &cobra.Command{
 		Use: "rotate-certs (--all | --service NAME[,NAME]) [flags]",
 		// kubectl shows plugins by their kubectl name.
@@ -43,7 +49,7 @@ Private keys never leave the node they live on.`,
 	cmd.SetOut(streams.Out)
 	cmd.SetErr(streams.ErrOut)
 	cmd.SetVersionTemplate("{{.Version}}\n")
-	cmd.AddCommand(newCmdVersion(streams), NewCmdStatus(streams), NewCmdRollback(streams), NewCmdRecover(streams), newCmdAgent(streams))
+	cmd.AddCommand(newCmdVersion(streams), newCmdStatus(streams, newFactory), newCmdRollback(streams, newFactory), NewCmdRecover(streams), newCmdAgent(streams))
 	return cmd
 }
 

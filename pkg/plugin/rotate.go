@@ -11,7 +11,6 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/api"
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/orchestrator"
@@ -38,6 +37,7 @@ const rotateExample = `  # Rotate every certificate on every node, keeping the C
 // commonFlags are the node selection and agent flags every command shares.
 type commonFlags struct {
 	configFlags *genericclioptions.ConfigFlags
+	factory     Factory
 	genericiooptions.IOStreams
 	nodes       []string
 	selector    string
@@ -86,16 +86,16 @@ func (f *commonFlags) validateChange() error {
 
 // connect builds the clients from the kubeconfig flags.
 func (f *commonFlags) connect() error {
-	config, err := f.configFlags.ToRESTConfig()
+	client, err := f.factory.KubeClient()
 	if err != nil {
 		return fmt.Errorf("loading kubeconfig: %w", err)
 	}
-	client, err := kubernetes.NewForConfig(config)
+	exec, err := f.factory.Executor()
 	if err != nil {
 		return err
 	}
 	f.runner = &orchestrator.Runner{
-		Client: client, Exec: orchestrator.NewExecutor(config, client),
+		Client: client, Exec: exec,
 		Image: f.image, Log: progressLogger(f.ErrOut), Timeout: f.timeout, KeepBackups: f.keepBackups, Drain: f.drain,
 	}
 	return nil
@@ -141,9 +141,10 @@ type RotateOptions struct {
 	resolved []pki.Service
 }
 
-// NewRotateOptions returns options with defaults.
-func NewRotateOptions(streams genericiooptions.IOStreams) *RotateOptions {
-	return &RotateOptions{commonFlags: commonFlags{configFlags: genericclioptions.NewConfigFlags(true), IOStreams: streams}}
+// NewRotateOptions returns options with defaults, whose clients
+// newFactory (nil: NewFactory) makes.
+func NewRotateOptions(streams genericiooptions.IOStreams, newFactory NewFactoryFunc) *RotateOptions {
+	return &RotateOptions{commonFlags: newCommonFlags(streams, newFactory)}
 }
 
 func (o *RotateOptions) addFlags(cmd *cobra.Command) {
@@ -161,6 +162,7 @@ func (o *RotateOptions) addFlags(cmd *cobra.Command) {
 	cmd.Flags().BoolVar(&o.resume, "resume", true, "After an interrupted or failed run of the same services, skip what it already completed on each node")
 	addOutputFlag(cmd, &o.output)
 	o.configFlags.AddFlags(cmd.Flags())
+	o.registerCompletions(cmd)
 }
 
 // Complete resolves --all and --service into the services to rotate.

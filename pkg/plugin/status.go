@@ -11,7 +11,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"k8s.io/apimachinery/pkg/util/duration"
-	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/orchestrator"
@@ -29,7 +28,11 @@ type StatusOptions struct {
 
 // NewCmdStatus builds "kubectl rotate-certs status".
 func NewCmdStatus(streams genericiooptions.IOStreams) *cobra.Command {
-	o := &StatusOptions{commonFlags: commonFlags{configFlags: genericclioptions.NewConfigFlags(true), IOStreams: streams}}
+	return newCmdStatus(streams, nil)
+}
+
+func newCmdStatus(streams genericiooptions.IOStreams, newFactory NewFactoryFunc) *cobra.Command {
+	o := &StatusOptions{commonFlags: newCommonFlags(streams, newFactory)}
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show every certificate on every node and when it expires (read-only)",
@@ -45,6 +48,7 @@ func NewCmdStatus(streams genericiooptions.IOStreams) *cobra.Command {
 	addOutputFlag(cmd, &o.output)
 	cmd.Flags().StringVar(&o.warnWithin, "warn-within", "", "Exit non-zero if any certificate expires within this duration (e.g. 30d, 72h)")
 	o.configFlags.AddFlags(cmd.Flags())
+	o.registerCompletions(cmd)
 	return cmd
 }
 

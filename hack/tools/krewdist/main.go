@@ -3,13 +3,15 @@
 // and renders the krew manifest from its template. hack/dist.sh drives it;
 // hack/test-krew.sh also uses its loopback file server.
 //
-//	krewdist package  -dist DIR -version V -epoch SECONDS -license FILE -template FILE [-uri-base URL] [-platforms "os/arch ..."]
+//	krewdist package  -dist DIR -version V -epoch SECONDS -license FILE -completion DIR -template FILE [-uri-base URL] [-platforms "os/arch ..."]
 //	krewdist manifest -dist DIR -version V -template FILE -out FILE [-uri-base URL] [-platforms "os/arch ..."]
 //	krewdist serve    -dir DIR -port-file FILE [-addr 127.0.0.1:0]
 //
 // package expects DIR/bin/<os>_<arch>/kubectl-rotate_certs[.exe] and writes
 // DIR/kubectl-rotate_certs_<version>_<os>_<arch>.tar.gz (.zip on windows),
-// each holding the binary and LICENSE, then DIR/checksums.txt and
+// each holding the binary, LICENSE and the completion script kubectl runs
+// (kubectl_complete-rotate_certs, a .cmd on windows, from -completion), then
+// DIR/checksums.txt and
 // DIR/rotate-certs.yaml. Archives carry no build-machine state: entries are
 // sorted, owned by 0:0 with fixed modes, stamped with -epoch (the commit
 // time), and gzip headers carry neither name nor time.
@@ -48,7 +50,12 @@ import (
 	"time"
 )
 
-const binName = "kubectl-rotate_certs"
+const (
+	binName = "kubectl-rotate_certs"
+	// completionName is what kubectl (1.26+) runs to complete the
+	// plugin's arguments; windows finds it by its .cmd extension.
+	completionName = "kubectl_complete-rotate_certs"
+)
 
 // allPlatforms are the platforms of a release, in manifest order.
 var allPlatforms = []string{
@@ -110,6 +117,7 @@ func runPackage(args []string) error {
 	m.register(fs)
 	epoch := fs.Int64("epoch", -1, "modification time of all archive entries, seconds since 1970 (SOURCE_DATE_EPOCH)")
 	license := fs.String("license", "LICENSE", "license file to ship in every archive")
+	completion := fs.String("completion", "completion", "directory with the completion scripts "+completionName+" and "+completionName+".cmd")
 	_ = fs.Parse(args)
 	if m.version == "" || *epoch < 0 {
 		return errors.New("package: -version and -epoch are required")
@@ -124,22 +132,19 @@ func runPackage(args []string) error {
 	if err != nil {
 		return err
 	}
+	comp, err := readCompletion(*completion)
+	if err != nil {
+		return err
+	}
 
 	sums := map[string]string{}
 	for _, p := range platforms {
 		goos, _, _ := strings.Cut(p, "/")
-		exe := binName
-		if goos == "windows" {
-			exe += ".exe"
-		}
-		bin, err := os.ReadFile(filepath.Join(m.dist, "bin", strings.ReplaceAll(p, "/", "_"), exe))
+		bin, err := os.ReadFile(filepath.Join(m.dist, "bin", strings.ReplaceAll(p, "/", "_"), exeName(goos)))
 		if err != nil {
 			return err
 		}
-		entries := []entry{
-			{name: "LICENSE", mode: 0o644, data: lic},
-			{name: exe, mode: 0o755, data: bin},
-		}
+		entries := archiveEntries(goos, bin, lic, comp)
 		var buf bytes.Buffer
 		if goos == "windows" {
 			err = writeZip(&buf, entries, mtime)
@@ -203,6 +208,41 @@ type entry struct {
 	name string
 	mode int64
 	data []byte
+}
+
+func exeName(goos string) string {
+	if goos == "windows" {
+		return binName + ".exe"
+	}
+	return binName
+}
+
+// readCompletion reads the completion scripts, by their names in archives.
+func readCompletion(dir string) (map[string][]byte, error) {
+	out := map[string][]byte{}
+	for _, name := range []string{completionName, completionName + ".cmd"} {
+		data, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			return nil, err
+		}
+		out[name] = data
+	}
+	return out, nil
+}
+
+// archiveEntries are the files of one platform's archive: the binary,
+// LICENSE and the completion script (a shell script, or on windows a .cmd,
+// the kind of file windows runs without an .exe).
+func archiveEntries(goos string, bin, license []byte, completion map[string][]byte) []entry {
+	comp := entry{name: completionName, mode: 0o755, data: completion[completionName]}
+	if goos == "windows" {
+		comp = entry{name: completionName + ".cmd", mode: 0o755, data: completion[completionName+".cmd"]}
+	}
+	return []entry{
+		{name: "LICENSE", mode: 0o644, data: license},
+		{name: exeName(goos), mode: 0o755, data: bin},
+		comp,
+	}
 }
 
 func writeTarGz(w io.Writer, entries []entry, mtime time.Time) error {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -123,5 +124,47 @@ func TestRenderManifestSubsetAndURIBase(t *testing.T) {
 	// A platform without its archive is an error, not a half-filled manifest.
 	if err := renderManifest(m, []string{"linux/amd64", "linux/arm64"}, out); err == nil {
 		t.Error("rendering with a missing archive succeeded")
+	}
+}
+
+// Every archive holds the completion script kubectl runs (a .cmd on
+// windows, executable elsewhere), and the krew manifest installs exactly the
+// files each platform's archive holds.
+func TestArchivesShipCompletion(t *testing.T) {
+	comp, err := readCompletion(filepath.Join("..", "..", "..", "completion"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(comp[completionName], []byte("__complete \"$@\"")) || !bytes.Contains(comp[completionName+".cmd"], []byte("__complete %*\r\n")) {
+		t.Errorf("completion scripts do not call __complete: %q", comp)
+	}
+	tmpl, err := os.ReadFile(filepath.Join("..", "..", "..", "krew", "rotate-certs.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range allPlatforms {
+		goos, _, _ := strings.Cut(p, "/")
+		var names []string
+		for _, e := range archiveEntries(goos, []byte("bin"), []byte("license"), comp) {
+			names = append(names, e.name)
+			if strings.HasPrefix(e.name, completionName) && (len(e.data) == 0 || e.mode != 0o755) {
+				t.Errorf("%s: %s is empty or not executable (%o)", p, e.name, e.mode)
+			}
+		}
+		block, err := keepPlatforms(string(tmpl), []string{p})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var from []string
+		for _, l := range strings.Split(block, "\n") {
+			if f := strings.Fields(l); len(f) == 3 && f[0] == "-" && f[1] == "from:" {
+				from = append(from, f[2])
+			}
+		}
+		sort.Strings(names)
+		sort.Strings(from)
+		if strings.Join(names, ",") != strings.Join(from, ",") {
+			t.Errorf("%s: the archive holds %v, the manifest installs %v", p, names, from)
+		}
 	}
 }
