@@ -117,10 +117,12 @@ func TestRotate(t *testing.T) {
 		e.t = t
 		before, procs := e.snapshots(), e.processes()
 		failures, stop := e.pollAPI()
-		e.mustPlugin("--all")
+		rep := e.rotateJSON("--all") // conventions_test.go
 		stop()
 		after, procsAfter := e.snapshots(), e.processes()
 		e.checkRenewed(before, after, allServices...)
+		e.checkReportMatchesNodes(rep, before, after)
+		e.checkRotationEvents(rep)
 		e.checkAfterRotation(before, after) // versions_test.go
 		if f := failures.Load(); f > 0 {
 			t.Errorf("%d API requests failed during --all with --restart=needed", f)
@@ -188,6 +190,11 @@ func TestRotate(t *testing.T) {
 		}
 		e.checkNodesReady()
 		e.checkNoAgentPods()
+	})
+
+	t.Run("completion through kubectl", func(t *testing.T) {
+		e.t = t
+		e.checkCompletionThroughKubectl() // conventions_test.go
 	})
 
 	t.Run("interrupted while a control plane is renewed, then resumed", func(t *testing.T) {
