@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -143,6 +144,9 @@ func (e *env) checkCompletionThroughKubectl() {
 		t.Fatalf("the caveats krew printed do not say how to install the completion script:\n%s", receipt)
 	}
 	home := t.TempDir()
+	kubectl := filepath.Join(kubectlDir, "kubectl")
+	// run runs name (found on the test's PATH unless a path) with the PATH
+	// a krew user has: the cluster's kubectl, krew's bin, the system.
 	run := func(name string, args ...string) (string, error) {
 		cmd := exec.Command(name, args...)
 		cmd.Env = []string{"HOME=" + home, "KREW_ROOT=" + krewRoot, "PATH=" + kubectlDir + ":" + filepath.Join(krewRoot, "bin") + ":/usr/bin:/bin"}
@@ -156,15 +160,20 @@ func (e *env) checkCompletionThroughKubectl() {
 		t.Fatalf("the caveats' command: %v", err)
 	}
 	t.Cleanup(func() { _ = os.Remove(filepath.Join(krewRoot, "bin", "kubectl_complete-rotate_certs")) })
-	if out, err := run("kubectl", "version", "--client"); err != nil || !strings.Contains(out, "Client Version: v1.") {
+	out, err := run(kubectl, "version", "--client")
+	m := regexp.MustCompile(`Client Version: v1\.(\d+)\.`).FindStringSubmatch(out)
+	if err != nil || m == nil {
 		t.Fatalf("the node's kubectl does not run here: %v", err)
 	}
+	if minor, _ := strconv.Atoi(m[1]); minor < 26 {
+		t.Fatalf("the node's kubectl 1.%d predates plugin completion (1.26)", minor)
+	}
 	lines := func(out string) string { return strings.Join(strings.Fields(out), " ") }
-	out, err := run("kubectl", "__complete", "rotate-certs", "--service", "")
+	out, err = run(kubectl, "__complete", "rotate-certs", "--service", "")
 	if err != nil || lines(out) != "etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy :4" {
 		t.Errorf("kubectl rotate-certs --service <TAB>: %q, %v", out, err)
 	}
-	out, err = run("kubectl", "__complete", "rotate-certs", "--kubeconfig", e.cluster.KubeconfigPath(), "--nodes", "")
+	out, err = run(kubectl, "__complete", "rotate-certs", "--kubeconfig", e.cluster.KubeconfigPath(), "--nodes", "")
 	if err != nil || lines(out) != strings.Join(e.nodes(), " ")+" :4" {
 		t.Errorf("kubectl rotate-certs --nodes <TAB>: %q, %v; want %v", out, err, e.nodes())
 	}
