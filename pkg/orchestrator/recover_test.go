@@ -175,6 +175,16 @@ func TestRecoverOrder(t *testing.T) {
 	if !strings.Contains(fmt.Sprint(rep.Rows), "signed-for-w-1") {
 		t.Errorf("w-1 did not install what cp-1 signed: %v", rep.Rows)
 	}
+	// Once the API is back, every node recovered gets its audit event.
+	events := nodeEvents(t, c)
+	for _, n := range []string{"cp-1", "cp-2", "w-1"} {
+		if e := events[n]; e.Reason != ReasonRotated || !strings.HasPrefix(e.Message, "kubectl rotate-certs recover run "+rep.Run+" by kubernetes-admin renewed") {
+			t.Errorf("node %s: event %s %q", n, e.Reason, e.Message)
+		}
+	}
+	if rep.User != "kubernetes-admin" || len(rep.Nodes) != 3 || !rep.Nodes[0].ControlPlane || rep.Nodes[2].ControlPlane {
+		t.Errorf("report user %q nodes %+v", rep.User, rep.Nodes)
+	}
 }
 
 // A worker whose agent asks for another node's identity gets nothing
