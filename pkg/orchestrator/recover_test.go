@@ -126,7 +126,7 @@ func (rc *recoverCluster) nodes() []transport.Node {
 }
 
 func (rc *recoverCluster) options(t *testing.T, connect func([]byte) (kubernetes.Interface, error)) RecoverOptions {
-	return RecoverOptions{Nodes: rc.nodes(), Validity: 8760 * time.Hour, Parallelism: 2, Connect: connect,
+	return RecoverOptions{Nodes: rc.nodes(), Validity: 8760 * time.Hour, Parallelism: Parallelism{Count: 2}, Connect: connect,
 		Agent: func(machine string) ([]byte, error) {
 			if machine != "x86_64" {
 				t.Errorf("machine %q", machine)

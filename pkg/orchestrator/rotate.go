@@ -25,7 +25,8 @@ type RotateOptions struct {
 	Selector    string
 	Validity    time.Duration
 	Restart     string // api.RestartNeeded or api.RestartAll
-	Parallelism int
+	// Parallelism bounds the workers changed at once (rollout).
+	Parallelism Parallelism
 	DryRun      bool
 	// Resume skips, after an interrupted or failed run of the same
 	// services, the steps that run already completed on a node (its
@@ -155,8 +156,9 @@ func (r *Runner) Rotate(ctx context.Context, o RotateOptions) (rep *Report, err 
 	access := func(n *corev1.Node) Access {
 		return Access{ReadOnly: o.DryRun, ControlPlane: IsControlPlane(n) && cpWork, Kubelet: kubelet}
 	}
-	deadline := podDeadline(r.Timeout, controlPlanes, len(targets)-controlPlanes, o.Parallelism)
-	agents, errs := r.startAgents(ctx, targets, runID, access, deadline, max(o.Parallelism, 4))
+	limit := o.Parallelism.Cap(len(targets) - controlPlanes)
+	deadline := podDeadline(r.Timeout, controlPlanes, len(targets)-controlPlanes, limit)
+	agents, errs := r.startAgents(ctx, targets, runID, access, deadline, fanout)
 	stopPings := r.keepAlive(agents)
 	defer stopPings()
 	if err := errors.Join(errs...); err != nil {
@@ -211,7 +213,7 @@ func (r *Runner) Rotate(ctx context.Context, o RotateOptions) (rep *Report, err 
 		}
 	}
 	workerReps := make([]Report, len(workers))
-	errs = forEach(ctx, len(workers), o.Parallelism, func(i int) error {
+	errs = rollout(ctx, len(workers), limit, func(i int) error {
 		if err := r.rotateNode(ctx, workers[i], o, &workerReps[i], skip[workers[i].node]); err != nil {
 			return err
 		}
@@ -222,7 +224,7 @@ func (r *Runner) Rotate(ctx context.Context, o RotateOptions) (rep *Report, err 
 		rep.Rows = append(rep.Rows, wr.Rows...)
 		rep.Notes = append(rep.Notes, wr.Notes...)
 	}
-	if err := errors.Join(errs...); err != nil {
+	if err := rolloutError(errs); err != nil {
 		return rep, err
 	}
 	if ctx.Err() != nil {
@@ -256,7 +258,7 @@ func (o RotateOptions) permissions() permissions {
 // node's problem is an error (and nothing has been changed).
 func (r *Runner) inspectAll(ctx context.Context, agents []agentPod, o RotateOptions) ([]*api.InspectResult, error) {
 	inspects := make([]*api.InspectResult, len(agents))
-	errs := forEach(ctx, len(agents), max(o.Parallelism, 4), func(i int) error {
+	errs := forEach(ctx, len(agents), fanout, func(i int) error {
 		res, err := r.call(ctx, agents[i], api.Request{Action: api.Inspect, Services: servicesFor(o, agents[i]), Validity: o.Validity, ReadOnly: o.DryRun})
 		if err != nil {
 			return err

@@ -188,9 +188,9 @@ func TestPreflightCoversEveryRequest(t *testing.T) {
 		"--all":   {allOptions().permissions(), func(r *Runner) error { _, err := r.Rotate(context.Background(), allOptions()); return err }},
 		"kubelet": {kubelet.permissions(), func(r *Runner) error { _, err := r.Rotate(context.Background(), kubelet); return err }},
 		"dry run": {dry.permissions(), func(r *Runner) error { _, err := r.Rotate(context.Background(), dry); return err }},
-		"status":  {permsAgents, func(r *Runner) error { _, err := r.Status(context.Background(), nil, "", 2); return err }},
+		"status":  {permsAgents, func(r *Runner) error { _, err := r.Status(context.Background(), nil, ""); return err }},
 		"rollback": {permissions(permsAgents).with(permsLock, permsKubeletRestart), func(r *Runner) error {
-			_, err := r.Rollback(context.Background(), RollbackOptions{Parallelism: 1})
+			_, err := r.Rollback(context.Background(), RollbackOptions{Parallelism: Parallelism{Count: 1}})
 			return err
 		}},
 	}
@@ -252,7 +252,7 @@ func TestDecodeResultRefusesTamperedAnswers(t *testing.T) {
 func TestRollbackLatestRun(t *testing.T) {
 	c := fakeCluster(t, []string{"cp-1"}, []string{"w-1"})
 	f := newFakeAgents(t, c)
-	rep, err := newTestRunner(c, f).Rollback(context.Background(), RollbackOptions{Parallelism: 1})
+	rep, err := newTestRunner(c, f).Rollback(context.Background(), RollbackOptions{Parallelism: Parallelism{Count: 1}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +262,7 @@ func TestRollbackLatestRun(t *testing.T) {
 	if rep.Run == "" {
 		t.Error("no run ID")
 	}
-	if _, err := newTestRunner(c, f).Rollback(context.Background(), RollbackOptions{Run: "rc-00000000000000bb", Parallelism: 1}); err == nil || !strings.Contains(err.Error(), "no selected node keeps a backup of run rc-00000000000000bb") {
+	if _, err := newTestRunner(c, f).Rollback(context.Background(), RollbackOptions{Run: "rc-00000000000000bb", Parallelism: Parallelism{Count: 1}}); err == nil || !strings.Contains(err.Error(), "no selected node keeps a backup of run rc-00000000000000bb") {
 		t.Errorf("unknown run: %v", err)
 	}
 }
