@@ -20,11 +20,11 @@ import (
 
 // RotateOptions say what to rotate where.
 type RotateOptions struct {
-	Services    []pki.Service // already validated; --all adds pki.ServiceAdmin
-	NodeNames   []string
-	Selector    string
-	Validity    time.Duration
-	Restart     string // api.RestartNeeded or api.RestartAll
+	Services  []pki.Service // already validated; --all adds pki.ServiceAdmin
+	NodeNames []string
+	Selector  string
+	Validity  time.Duration
+	Restart   string // api.RestartNeeded or api.RestartAll
 	// Parallelism bounds the workers changed at once (rollout).
 	Parallelism Parallelism
 	DryRun      bool
