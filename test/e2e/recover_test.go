@@ -221,8 +221,10 @@ func (e *env) shortenCertificates(snaps map[string]*snapshot, validity time.Dura
 }
 
 // stopUntil stops the node containers (a cluster switched off) and starts
-// them again, in the same order, once until has passed. Their addresses
-// must not change.
+// them again once until has passed. Docker gives a container that starts
+// again whatever address is free on the kind network then (another
+// cluster's container may have taken its own), so each node is connected
+// back with the address it had, as a machine with a fixed address would be.
 func (e *env) stopUntil(until time.Time) {
 	e.t.Helper()
 	ips := map[string]string{}
@@ -237,6 +239,10 @@ func (e *env) stopUntil(until time.Time) {
 	docker(append([]string{"stop"}, e.nodes()...)...)
 	e.t.Logf("nodes stopped; starting them again after %s", until.Format(time.RFC3339))
 	time.Sleep(time.Until(until))
+	for _, n := range e.nodes() {
+		docker("network", "disconnect", "kind", n)
+		docker("network", "connect", "--ip", ips[n], "kind", n)
+	}
 	for _, n := range e.nodes() {
 		docker("start", n)
 	}
