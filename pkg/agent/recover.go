@@ -231,7 +231,7 @@ func (a *Agent) recoverRestart(ctx context.Context, req api.Request) (*api.Renew
 		}
 	}
 	asked := map[pki.Service]bool{pki.ServiceEtcd: true, pki.ServiceAPIServer: true}
-	if err := a.settle(ctx, l, asked, asked, serials, false, res); err != nil {
+	if err := a.settle(ctx, l, asked, asked, serials, false, false, res); err != nil {
 		return res, proc, err
 	}
 	for _, name := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler"} {

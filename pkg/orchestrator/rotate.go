@@ -32,6 +32,22 @@ type RotateOptions struct {
 	// services, the steps that run already completed on a node (its
 	// certificates were issued after that run began).
 	Resume bool
+
+	graceful bool // several control planes: drain kube-apiserver before a restart
+}
+
+// behindLoadBalancer tells whether the cluster has several control planes,
+// whose API servers then serve behind a load balancer.
+func (r *Runner) behindLoadBalancer(ctx context.Context) (bool, error) {
+	n := 0
+	for _, label := range ControlPlaneLabels {
+		list, err := r.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{LabelSelector: label})
+		if err != nil {
+			return false, fmt.Errorf("listing control planes: %w", err)
+		}
+		n = max(n, len(list.Items))
+	}
+	return n > 1, nil
 }
 
 // Row is one certificate in the report.
@@ -196,6 +212,11 @@ func (r *Runner) Rotate(ctx context.Context, o RotateOptions) (rep *Report, err 
 		}
 	}
 	skip := r.resumePlan(prev, o, agents, inspects, rep)
+	graceful, err := r.behindLoadBalancer(ctx)
+	if err != nil {
+		return rep, err
+	}
+	o.graceful = graceful
 
 	for _, ap := range agents {
 		if !ap.controlPlane {
@@ -361,7 +382,7 @@ func servicesFor(o RotateOptions, ap agentPod) []string {
 func (r *Runner) rotateNode(ctx context.Context, ap agentPod, o RotateOptions, rep *Report, skip skipSteps) error {
 	if services := o.renewServices(); ap.controlPlane && len(services) > 0 && !skip.renew {
 		r.logf("node %s: renewing %s", ap.node, strings.Join(services, ", "))
-		res, err := r.change(ctx, ap, api.Request{Action: api.Renew, Services: services, Validity: o.Validity, Restart: o.Restart})
+		res, err := r.change(ctx, ap, api.Request{Action: api.Renew, Services: services, Validity: o.Validity, Restart: o.Restart, Graceful: o.graceful})
 		if err != nil {
 			return err
 		}
