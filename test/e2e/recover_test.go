@@ -40,7 +40,7 @@ func TestRecoverExpired(t *testing.T) {
 		// Round one, over SSH: bad input first, then the real thing.
 		e.checkRecoverRefusals(access)
 		round1 := e.snapshots()
-		e.stopUntil(e.shortenCertificates(round1, 60*time.Second).Add(10 * time.Second))
+		e.switchOffUntil(e.shortenCertificates(round1, 60*time.Second).Add(10 * time.Second))
 		e.checkDead()
 		written, took := e.recoverOverSSH(access)
 		t.Logf("recover --ssh: every node Ready %s after it started", took.Round(time.Second))
@@ -60,7 +60,7 @@ func TestRecoverExpired(t *testing.T) {
 	}
 	before := e.snapshots()
 	expiry := e.shortenCertificates(before, 60*time.Second)
-	e.stopUntil(expiry.Add(10 * time.Second))
+	e.switchOffUntil(expiry.Add(10 * time.Second))
 	e.checkDead()
 
 	start := time.Now()
@@ -220,36 +220,27 @@ func (e *env) shortenCertificates(snaps map[string]*snapshot, validity time.Dura
 	return latest
 }
 
-// stopUntil stops the node containers (a cluster switched off) and starts
-// them again once until has passed. Docker gives a container that starts
-// again whatever address is free on the kind network then (another
-// cluster's container may have taken its own), so each node is connected
-// back with the address it had, as a machine with a fixed address would be.
-func (e *env) stopUntil(until time.Time) {
+// switchOffUntil switches the cluster off until the given time and on
+// again: the node containers are frozen (docker pause: no process runs, no
+// clock-driven work happens, and unlike a stopped container a frozen one
+// keeps its address on the shared kind network), then thawed and rebooted
+// as far as Kubernetes sees it: every container stopped and the kubelet
+// started afresh, which reads its (now expired) certificate from disk.
+func (e *env) switchOffUntil(until time.Time) {
 	e.t.Helper()
-	ips := map[string]string{}
-	for _, n := range e.nodes() {
-		ips[n] = e.nodeIP(n)
-	}
 	docker := func(args ...string) {
 		if out, err := exec.Command("docker", args...).CombinedOutput(); err != nil {
 			e.t.Fatalf("docker %s: %v: %s", strings.Join(args, " "), err, out)
 		}
 	}
-	docker(append([]string{"stop"}, e.nodes()...)...)
-	e.t.Logf("nodes stopped; starting them again after %s", until.Format(time.RFC3339))
+	docker(append([]string{"pause"}, e.nodes()...)...)
+	e.t.Logf("nodes frozen; switching them on again after %s", until.Format(time.RFC3339))
 	time.Sleep(time.Until(until))
+	docker(append([]string{"unpause"}, e.nodes()...)...)
 	for _, n := range e.nodes() {
-		docker("network", "disconnect", "kind", n)
-		docker("network", "connect", "--ip", ips[n], "kind", n)
-	}
-	for _, n := range e.nodes() {
-		docker("start", n)
-	}
-	for _, n := range e.nodes() {
-		out, err := exec.Command("docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", n).Output()
-		if err != nil || strings.TrimSpace(string(out)) != ips[n] {
-			e.t.Fatalf("node %s came back with address %q, not %s: the test cannot go on (%v)", n, strings.TrimSpace(string(out)), ips[n], err)
+		if out, err := e.cluster.Exec(context.Background(), n, nil, "sh", "-c",
+			"systemctl stop kubelet && crictl ps -q | xargs -r crictl stop >/dev/null && systemctl start kubelet"); err != nil {
+			e.t.Fatalf("node %s: rebooting Kubernetes: %v %s", n, err, out)
 		}
 	}
 }
