@@ -99,8 +99,8 @@ func (o RotateOptions) renewServices() []string {
 // Rotate renews the requested services' certificates on the selected
 // nodes. It holds the cluster's lock for the run. Every node is inspected
 // and every renewal planned before any node is changed; control planes go
-// one at a time, each proven healthy before the next; workers follow,
-// Parallelism at a time. When ctx ends (Ctrl-C) no new change starts, the
+// one at a time, each proven healthy before the next; workers follow in a
+// rollout (one canary, then more as they succeed). When ctx ends (Ctrl-C) no new change starts, the
 // change in progress is waited for and reported, and the run is recorded
 // as interrupted so the next one resumes it. Agent pods are deleted
 // whatever happens.
