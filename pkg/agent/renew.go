@@ -21,15 +21,9 @@ func (a *Agent) renew(ctx context.Context, req api.Request) (*api.RenewResult, e
 	if err != nil {
 		return nil, err
 	}
-	p, err := a.plan(req, l)
+	p, err := a.planTxn(t, req, l, res)
 	if err != nil {
-		t.end()
 		return res, err
-	}
-	res.Notes = append(res.Notes, p.notes...)
-	if len(p.problems) > 0 {
-		t.end()
-		return res, fmt.Errorf("nothing was changed on this node: %s", strings.Join(p.problems, "; "))
 	}
 	if len(p.renewals) == 0 {
 		t.end()
@@ -46,6 +40,22 @@ func (a *Agent) renew(ctx context.Context, req api.Request) (*api.RenewResult, e
 		return res, t.abort(err)
 	}
 	return res, a.commit(t, res)
+}
+
+// planTxn plans a locked transaction's renewals; a problem ends the
+// transaction before anything changed.
+func (a *Agent) planTxn(t *txn, req api.Request, l layout, res *api.RenewResult) (*nodePlan, error) {
+	p, err := a.plan(req, l)
+	if err != nil {
+		t.end()
+		return nil, err
+	}
+	res.Notes = append(res.Notes, p.notes...)
+	if len(p.problems) > 0 {
+		t.end()
+		return nil, fmt.Errorf("nothing was changed on this node: %s", strings.Join(p.problems, "; "))
+	}
+	return p, nil
 }
 
 // commit ends a transaction that did all it should and reports the backups
