@@ -297,3 +297,32 @@ func TestInterruptAfterAKubeletInstallDoesNotRollItBack(t *testing.T) {
 		t.Errorf("the interrupt rolled back %v", calls)
 	}
 }
+
+// noAgent is a node whose agent cannot start: every exec fails without an
+// answer, and the result it would have filed never exists.
+type noAgent struct{ execs int }
+
+func (n *noAgent) agent(_ context.Context, args []string, _ []byte) ([]byte, error) {
+	n.execs++
+	if args[0] == "result" {
+		return []byte(`{"agentVersion":"v","outcome":"not-received","error":"never reached"}`), nil
+	}
+	return nil, errors.New("exit status 126: permission denied")
+}
+func (n *noAgent) id() string { return "n" }
+
+// A request the agent never receives is given up after a few tries, with
+// the reason, not retried until the transaction's deadline.
+func TestCallGivesUpOnAnAgentThatCannotStart(t *testing.T) {
+	c := fakeCluster(t, nil, nil)
+	r := newTestRunner(c, nil)
+	conn := &noAgent{}
+	start := time.Now()
+	_, err := r.call(context.Background(), agentPod{node: "w-1", conn: conn}, api.Request{Action: api.Inspect})
+	if err == nil || !strings.Contains(err.Error(), "never received the request") || !strings.Contains(err.Error(), "permission denied") {
+		t.Errorf("got %v", err)
+	}
+	if conn.execs > 6 || time.Since(start) > time.Second {
+		t.Errorf("%d execs in %s", conn.execs, time.Since(start))
+	}
+}

@@ -316,7 +316,7 @@ func (e *env) checkNoAgentLeftovers() {
 	e.t.Helper()
 	for _, n := range e.nodes() {
 		out, err := e.cluster.Exec(context.Background(), n, nil, "sh", "-c",
-			"ls -d /tmp/rotate-certs.* 2>/dev/null; find /etc/kubernetes /var/lib/kubelet/pki -name '.rotate-certs-pending-*' -o -name '.*.rotate-certs-*' | grep -v rotate-certs-backup || true")
+			"ls -d /var/lib/rotate-certs.* /tmp/rotate-certs.* 2>/dev/null; find /etc/kubernetes /var/lib/kubelet/pki -name '.rotate-certs-pending-*' -o -name '.*.rotate-certs-*' | grep -v rotate-certs-backup || true")
 		if err != nil {
 			e.t.Fatal(err)
 		}
