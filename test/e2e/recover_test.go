@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -255,13 +256,26 @@ func (e *env) checkDead() {
 	} else {
 		e.t.Logf("dead as expected: the API fails: %v", err)
 	}
-	for _, n := range e.nodes() {
-		out, _ := e.cluster.Exec(context.Background(), n, nil, "sh", "-c", "systemctl is-active kubelet; journalctl -u kubelet --no-pager | grep -c expired || true")
-		lines := strings.Fields(string(out))
-		if len(lines) < 2 || lines[0] == "active" || lines[len(lines)-1] == "0" {
-			e.t.Fatalf("node %s: the kubelet is not dead of an expired certificate: %q", n, out)
+	restarts := func(n string) (int, string) {
+		out, _ := e.cluster.Exec(context.Background(), n, nil, "sh", "-c", "systemctl show kubelet -p NRestarts --value; journalctl -u kubelet --no-pager | grep -c expired || true")
+		f := strings.Fields(string(out))
+		if len(f) < 2 {
+			return -1, ""
 		}
-		e.t.Logf("node %s: kubelet %s, %s journal lines say expired", n, lines[0], lines[len(lines)-1])
+		r, _ := strconv.Atoi(f[0])
+		return r, f[1]
+	}
+	before := map[string]int{}
+	for _, n := range e.nodes() {
+		before[n], _ = restarts(n)
+	}
+	time.Sleep(15 * time.Second)
+	for _, n := range e.nodes() {
+		after, expired := restarts(n)
+		if after <= before[n] || expired == "0" {
+			e.t.Fatalf("node %s: the kubelet is not dying of an expired certificate (systemd restarted it %d -> %d times in 15s; %s journal lines say expired)", n, before[n], after, expired)
+		}
+		e.t.Logf("node %s: the kubelet keeps dying (systemd restarted it %d times in 15s); %s journal lines say its certificate expired", n, after-before[n], expired)
 	}
 }
 
