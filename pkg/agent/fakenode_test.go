@@ -39,6 +39,9 @@ type fakeNode struct {
 	proc *fakeProc
 	// apiAddr is the API server's address (the control plane's).
 	apiAddr string
+	api     *http.Server
+	// signals records "name SIGNAL" for every signal a component got.
+	signals []string
 
 	mu sync.Mutex
 	// apiRejects makes the API server answer 401 to every client.
@@ -66,7 +69,7 @@ func newFakeNodeSince(t *testing.T, name string, alg pkitest.Algorithm, cp *fake
 	var api string
 	if cp == nil {
 		f.node = pkitest.ControlPlaneSince(t, f.root, name, alg, start)
-		api = f.serveTLS(f.fileCert("etc/kubernetes/pki/apiserver"), f.pool(pki.ClusterCA), tls.VerifyClientCertIfGiven, http.HandlerFunc(f.apiServer))
+		api = f.serveAPIServer("127.0.0.1:0")
 	} else {
 		ca, err := pki.LoadAuthority(cp.root, pki.ClusterCA)
 		must(t, err)
@@ -75,6 +78,7 @@ func newFakeNodeSince(t *testing.T, name string, alg pkitest.Algorithm, cp *fake
 	}
 	f.apiAddr = api
 	f.proc = newFakeProc(t, f.restarted)
+	f.proc.onSignal = f.signalled
 	f.proc.start("kubelet")
 	f.reloadKubelet()
 	kubelet := f.serveTLS(func() (*tls.Certificate, error) { f.mu.Lock(); defer f.mu.Unlock(); return f.kubeletServing, nil }, nil, tls.NoClientCert, okHandler())
@@ -141,6 +145,24 @@ func (f *fakeNode) agent() *Agent {
 		return d.DialContext(ctx, network, addr)
 	}
 	return a
+}
+
+// signalled plays a component's answer to a signal: kube-apiserver, sent
+// SIGTERM, stops listening and drains (it exits later); anything else dies
+// and is restarted at once (the kubelet does it for static pods).
+func (f *fakeNode) signalled(name string, sig syscall.Signal) (restart bool) {
+	f.mu.Lock()
+	f.signals = append(f.signals, name+" "+sig.String())
+	api := f.api
+	f.mu.Unlock()
+	if name == "kube-apiserver" && api != nil {
+		_ = api.Close()
+		if sig == syscall.SIGTERM {
+			return false
+		}
+		f.serveAPIServer(f.apiAddr)
+	}
+	return true
 }
 
 func (f *fakeNode) restarted(name string) {
@@ -228,16 +250,34 @@ func (f *fakeNode) allow(addr string) string {
 	return addr
 }
 
+// serveAPIServer starts the API server on addr ("host:0" for any port);
+// a SIGTERM to kube-apiserver closes it (kube-apiserver stops listening at
+// once), its restart opens it again on the same address.
+func (f *fakeNode) serveAPIServer(addr string) string {
+	ln, err := net.Listen("tcp", addr)
+	must(f.t, err)
+	srv := f.serveTLSOn(ln, f.fileCert("etc/kubernetes/pki/apiserver"), f.pool(pki.ClusterCA), tls.VerifyClientCertIfGiven, http.HandlerFunc(f.apiServer))
+	f.mu.Lock()
+	f.api = srv
+	f.mu.Unlock()
+	return f.allow(ln.Addr().String())
+}
+
 func (f *fakeNode) serveTLS(cert func() (*tls.Certificate, error), clientCAs *x509.CertPool, auth tls.ClientAuthType, h http.Handler) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	must(f.t, err)
+	f.serveTLSOn(ln, cert, clientCAs, auth, h)
+	return f.allow(ln.Addr().String())
+}
+
+func (f *fakeNode) serveTLSOn(ln net.Listener, cert func() (*tls.Certificate, error), clientCAs *x509.CertPool, auth tls.ClientAuthType, h http.Handler) *http.Server {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, TLSConfig: &tls.Config{
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert() },
 		ClientCAs:      clientCAs, ClientAuth: auth,
 	}, ErrorLog: nullLog()}
 	go func() { _ = srv.ServeTLS(ln, "", "") }()
 	f.t.Cleanup(func() { _ = srv.Close() })
-	return f.allow(ln.Addr().String())
+	return srv
 }
 
 func (f *fakeNode) serveHTTP(h http.Handler) string {
@@ -271,6 +311,9 @@ type fakeProc struct {
 	next    int
 	pids    map[string]int
 	onStart func(name string)
+	// onSignal, if set, says whether a signalled process dies (and so
+	// comes back with a new PID).
+	onSignal func(name string, sig syscall.Signal) bool
 }
 
 func newFakeProc(t *testing.T, onRestart func(string)) *fakeProc {
@@ -311,7 +354,7 @@ func (p *fakeProc) restart(name string) error {
 }
 
 // signal restarts the process pid names; it never signals a real process.
-func (p *fakeProc) signal(pid int, _ syscall.Signal) error {
+func (p *fakeProc) signal(pid int, sig syscall.Signal) error {
 	p.mu.Lock()
 	var name string
 	for n, q := range p.pids {
@@ -322,6 +365,9 @@ func (p *fakeProc) signal(pid int, _ syscall.Signal) error {
 	p.mu.Unlock()
 	if name == "" {
 		return errors.New("no such process")
+	}
+	if p.onSignal != nil && !p.onSignal(name, sig) {
+		return nil
 	}
 	return p.restart(name)
 }

@@ -143,10 +143,11 @@ func (a *Agent) kubeletInstall(ctx context.Context, req api.Request) (*api.Renew
 		t.end()
 		return res, nil, err
 	}
-	before, err := a.kubeletStatus(ctx)
-	if err != nil {
-		t.end()
-		return res, nil, err
+	// A kubelet that is not running (its certificate expired: recover) is
+	// simply started on the new files.
+	oldPID := 0
+	if before, err := a.kubeletStatus(ctx); err == nil {
+		oldPID = before.PID
 	}
 	if err := t.start("kubelet"); err != nil {
 		t.end()
@@ -162,7 +163,7 @@ func (a *Agent) kubeletInstall(ctx context.Context, req api.Request) (*api.Renew
 			return nil, err
 		}
 		restarted = true
-		proc, err := a.restartKubeletAndWait(txCtx, before.PID, res)
+		proc, err := a.restartKubeletAndWait(txCtx, oldPID, res)
 		if err != nil {
 			return nil, err
 		}

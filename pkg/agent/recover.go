@@ -98,15 +98,9 @@ func (a *Agent) recoverRenew(req api.Request) (*api.RenewResult, error) {
 		t.end()
 		return res, errors.New("not a control plane (no /etc/kubernetes/manifests/kube-apiserver.yaml)")
 	}
-	p, err := a.plan(req, l)
+	p, err := a.planTxn(t, req, l, res)
 	if err != nil {
-		t.end()
 		return res, err
-	}
-	res.Notes = append(res.Notes, p.notes...)
-	if len(p.problems) > 0 {
-		t.end()
-		return res, fmt.Errorf("nothing was changed on this node: %s", strings.Join(p.problems, "; "))
 	}
 	if err := t.start("recover"); err != nil {
 		t.end()
@@ -231,7 +225,7 @@ func (a *Agent) recoverRestart(ctx context.Context, req api.Request) (*api.Renew
 		}
 	}
 	asked := map[pki.Service]bool{pki.ServiceEtcd: true, pki.ServiceAPIServer: true}
-	if err := a.settle(ctx, l, asked, asked, serials, false, res); err != nil {
+	if err := a.settle(ctx, l, asked, asked, serials, false, false, res); err != nil {
 		return res, proc, err
 	}
 	for _, name := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler"} {

@@ -6,6 +6,7 @@ import (
 	"crypto/x509/pkix"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -123,5 +124,26 @@ func TestSignKubeletClient(t *testing.T) {
 	req.CSR.Request, req.SignFor = string(csr), "w-2"
 	if r := a.Handle(context.Background(), req); r.Outcome != api.Unchanged {
 		t.Errorf("another node's request was signed: %s", r.Outcome)
+	}
+}
+
+// A worker whose kubelet died of its expired certificate gets the new one
+// installed and the kubelet started.
+func TestKubeletInstallStartsADeadKubelet(t *testing.T) {
+	cp := newFakeNode(t, "cp-1", pkitest.ECDSA, nil)
+	w := newFakeNode(t, "w-1", pkitest.ECDSA, cp)
+	must(t, os.RemoveAll(filepath.Join(w.proc.dir, strconv.Itoa(w.proc.pid("kubelet")))))
+	a := w.agent()
+	req := request(api.KubeletCSR)
+	req.Node = "w-1"
+	res := a.Handle(context.Background(), req)
+	if res.Outcome != api.Done {
+		t.Fatal(res.Error)
+	}
+	inst := request(api.KubeletInstall)
+	inst.Node = "w-1"
+	inst.Issued = map[string]string{"kubelet-client": signAsCluster(t, cp.root, res.CSRs[0].Request)}
+	if r := a.Handle(context.Background(), inst); r.Outcome != api.Done || r.Kubelet == nil {
+		t.Fatalf("%s: %s", r.Outcome, r.Error)
 	}
 }

@@ -21,15 +21,9 @@ func (a *Agent) renew(ctx context.Context, req api.Request) (*api.RenewResult, e
 	if err != nil {
 		return nil, err
 	}
-	p, err := a.plan(req, l)
+	p, err := a.planTxn(t, req, l, res)
 	if err != nil {
-		t.end()
 		return res, err
-	}
-	res.Notes = append(res.Notes, p.notes...)
-	if len(p.problems) > 0 {
-		t.end()
-		return res, fmt.Errorf("nothing was changed on this node: %s", strings.Join(p.problems, "; "))
 	}
 	if len(p.renewals) == 0 {
 		t.end()
@@ -46,6 +40,22 @@ func (a *Agent) renew(ctx context.Context, req api.Request) (*api.RenewResult, e
 		return res, t.abort(err)
 	}
 	return res, a.commit(t, res)
+}
+
+// planTxn plans a locked transaction's renewals; a problem ends the
+// transaction before anything changed.
+func (a *Agent) planTxn(t *txn, req api.Request, l layout, res *api.RenewResult) (*nodePlan, error) {
+	p, err := a.plan(req, l)
+	if err != nil {
+		t.end()
+		return nil, err
+	}
+	res.Notes = append(res.Notes, p.notes...)
+	if len(p.problems) > 0 {
+		t.end()
+		return nil, fmt.Errorf("nothing was changed on this node: %s", strings.Join(p.problems, "; "))
+	}
+	return p, nil
 }
 
 // commit ends a transaction that did all it should and reports the backups
@@ -73,7 +83,7 @@ func (a *Agent) applyRenewals(ctx context.Context, req api.Request, l layout, p 
 		serials[r.Cert.Name] = r.New.Cert.SerialNumber.String()
 		res.Changes = append(res.Changes, renewalChange(r))
 	}
-	return a.settle(ctx, l, p.services, changed, serials, req.Restart == api.RestartAll, res)
+	return a.settle(ctx, l, p.services, changed, serials, req.Restart == api.RestartAll, req.Graceful, res)
 }
 
 // settle makes the components use what was written: etcd and
@@ -82,7 +92,14 @@ func (a *Agent) applyRenewals(ctx context.Context, req api.Request, l layout, p 
 // kube-scheduler, whose embedded credentials are read once at start, are
 // restarted when their files changed (SIGTERM: both exit in <0.2 s and the
 // scheduler hands its lease over at once; see reload.md).
-func (a *Agent) settle(ctx context.Context, l layout, asked, changed map[pki.Service]bool, serials map[string]string, restartAll bool, res *api.RenewResult) error {
+func (a *Agent) settle(ctx context.Context, l layout, asked, changed map[pki.Service]bool, serials map[string]string, restartAll, graceful bool, res *api.RenewResult) error {
+	if restartAll && graceful && asked[pki.ServiceAPIServer] && l.controlPlane {
+		// Out of the load balancer's rotation before it, or the etcd it
+		// talks to, goes down.
+		if err := a.drainAPIServer(ctx, res); err != nil {
+			return err
+		}
+	}
 	if asked[pki.ServiceEtcd] && !l.externalEtcd && l.controlPlane {
 		if err := a.settleEtcd(ctx, restartAll, serials, changed[pki.ServiceEtcd], res); err != nil {
 			return err
@@ -145,13 +162,54 @@ func (a *Agent) settleEtcd(ctx context.Context, restart bool, serials map[string
 	return nil
 }
 
-// settleAPIServer restarts kube-apiserver if asked, then proves it serves
-// the new serving certificate (it watches its files and reloads).
-func (a *Agent) settleAPIServer(ctx context.Context, restart bool, serials map[string]string, changed bool, res *api.RenewResult) error {
-	sp, err := a.restartIfAsked(ctx, "kube-apiserver", restart, res)
-	if err != nil || !changed {
+// drainGrace is how long a draining kube-apiserver may finish the requests
+// it was serving after it stopped accepting connections.
+const drainGrace = 3 * time.Second
+
+// drainAPIServer has kube-apiserver stop accepting connections (SIGTERM; it
+// closes its listener at once and finishes what it serves) and waits until
+// it refuses them, plus drainGrace. The load balancer then sends every new
+// connection elsewhere; the kill that follows cuts nothing but long
+// watches, which clients re-establish.
+func (a *Agent) drainAPIServer(ctx context.Context, res *api.RenewResult) error {
+	sp, err := readStaticPod(a.Root, "kube-apiserver")
+	if err != nil {
 		return err
 	}
+	p, err := onlyProcess(a.ProcDir, sp.name)
+	if err != nil {
+		return err
+	}
+	addr := a.apiserverAddr(sp)
+	start := time.Now()
+	if err := a.Signal(p.pid, syscall.SIGTERM); err != nil {
+		return fmt.Errorf("draining kube-apiserver (pid %d): %w", p.pid, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.Timeout)
+	defer cancel()
+	for {
+		conn, err := a.dial(ctx, "tcp", addr)
+		if err != nil {
+			break // refused: out of rotation
+		}
+		conn.Close()
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("kube-apiserver still accepts connections on %s %s after SIGTERM", addr, a.Timeout)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	closed := time.Since(start)
+	select {
+	case <-ctx.Done():
+	case <-time.After(drainGrace):
+	}
+	res.Verified = append(res.Verified, fmt.Sprintf("kube-apiserver stopped accepting connections on %s %.1fs after SIGTERM, then had %s to finish its requests", addr, closed.Seconds(), drainGrace))
+	return nil
+}
+
+// apiserverAddr is where kube-apiserver serves, from its manifest.
+func (a *Agent) apiserverAddr(sp *staticPod) string {
 	host := "127.0.0.1"
 	if sp.probe != nil && sp.probe.Host != "" {
 		host = sp.probe.Host
@@ -160,7 +218,17 @@ func (a *Agent) settleAPIServer(ctx context.Context, restart bool, serials map[s
 	if port == "" {
 		port = "6443"
 	}
-	addr := net.JoinHostPort(host, port)
+	return net.JoinHostPort(host, port)
+}
+
+// settleAPIServer restarts kube-apiserver if asked, then proves it serves
+// the new serving certificate (it watches its files and reloads).
+func (a *Agent) settleAPIServer(ctx context.Context, restart bool, serials map[string]string, changed bool, res *api.RenewResult) error {
+	sp, err := a.restartIfAsked(ctx, "kube-apiserver", restart, res)
+	if err != nil || !changed {
+		return err
+	}
+	addr := a.apiserverAddr(sp)
 	if err := waitServes(ctx, a.dial, addr, serials["apiserver"], nil, a.Timeout); err != nil {
 		return fmt.Errorf("kube-apiserver: %w", err)
 	}

@@ -64,7 +64,7 @@ func (a *Agent) rollback(ctx context.Context, req api.Request) (*api.RenewResult
 				}
 			}
 		}
-		if err := a.settle(txCtx, l, changed, changed, serials, false, res); err != nil {
+		if err := a.settle(txCtx, l, changed, changed, serials, false, false, res); err != nil {
 			return err
 		}
 		if changed[pki.ServiceKubelet] {

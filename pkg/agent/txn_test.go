@@ -429,3 +429,31 @@ func TestServeWaitsForRunningActionsAndEndsWhenIdle(t *testing.T) {
 		t.Errorf("idle exit after %s: %q", d, log.String())
 	}
 }
+
+// With other control planes behind a load balancer, --restart=all first
+// drains kube-apiserver (SIGTERM: it stops accepting connections, so the
+// load balancer sends them elsewhere), then restarts etcd, then
+// kube-apiserver.
+func TestRenewRestartAllDrainsTheAPIServerFirst(t *testing.T) {
+	f := newFakeNode(t, "cp-1", pkitest.ECDSA, nil)
+	req := request(api.Renew, cpServices...)
+	req.Restart, req.Graceful = api.RestartAll, true
+	res := f.agent().Handle(context.Background(), req)
+	if res.Outcome != api.Done {
+		t.Fatalf("%s: %s", res.Outcome, res.Error)
+	}
+	want := []string{"kube-apiserver terminated", "etcd killed", "kube-apiserver killed"}
+	if got := strings.Join(f.signals[:3], ", "); got != strings.Join(want, ", ") {
+		t.Errorf("signals %v, want first %v", f.signals, want)
+	}
+	if !strings.Contains(strings.Join(res.Renew.Verified, " "), "kube-apiserver stopped accepting connections") {
+		t.Errorf("verified %v", res.Renew.Verified)
+	}
+	// Without other control planes it is killed at once (seconds of
+	// outage instead of a drain).
+	f2 := newFakeNode(t, "cp-1", pkitest.ECDSA, nil)
+	req.Graceful = false
+	if res := f2.agent().Handle(context.Background(), req); res.Outcome != api.Done || f2.signals[0] != "etcd killed" {
+		t.Errorf("%s %s, signals %v", res.Outcome, res.Error, f2.signals)
+	}
+}

@@ -136,6 +136,12 @@ type Request struct {
 	Services []string      `json:"services,omitempty"`
 	Validity time.Duration `json:"validity,omitempty"`
 	Restart  string        `json:"restart,omitempty"`
+	// Graceful: other control planes serve behind a load balancer, so a
+	// kube-apiserver that must restart is drained first (SIGTERM: it stops
+	// accepting connections and finishes what it serves) and no request
+	// through the load balancer fails; on a single control plane a kill
+	// is faster (seconds of outage instead of a minute).
+	Graceful bool `json:"graceful,omitempty"`
 	// Run names the plugin's run; the node's backups are tagged with it
 	// (rollback finds them by it) and its lock names it.
 	Run string `json:"run,omitempty"`

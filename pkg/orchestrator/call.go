@@ -176,6 +176,11 @@ func (r *Runner) deliver(ctx context.Context, ap agentPod, req api.Request, in [
 	deadline := time.Now().Add(api.TransactionTimeout(r.Timeout) + 30*time.Second)
 	send := true
 	var last error
+	// A request the agent never received after a few tries will not get
+	// there (the agent cannot even start): say why instead of retrying
+	// until the deadline.
+	const maxUnreceived = 3
+	unreceived := 0
 	for {
 		var out []byte
 		var err error
@@ -188,6 +193,9 @@ func (r *Runner) deliver(ctx context.Context, ap agentPod, req api.Request, in [
 		res, perr := decodeResult(out, ap.node)
 		switch {
 		case perr == nil && res.Outcome == api.NotReceived:
+			if unreceived++; unreceived >= maxUnreceived {
+				return nil, fmt.Errorf("the agent never received the request (%d tries): %w", unreceived, last)
+			}
 			send = true // safe: the agent never saw it
 			continue
 		case perr == nil && res.Outcome == api.Running:

@@ -173,7 +173,7 @@ func TestRotateApprovesNothingForATamperedNode(t *testing.T) {
 	}
 	o := allOptions()
 	o.Services = []pki.Service{pki.ServiceKubelet}
-	o.Parallelism = 1
+	o.Parallelism = Parallelism{Count: 1}
 	_, err := newTestRunner(c, f).Rotate(context.Background(), o)
 	if !errors.Is(err, ErrCSRRefused) || !strings.Contains(err.Error(), "node w-2") {
 		t.Fatalf("got %v", err)

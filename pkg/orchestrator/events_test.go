@@ -120,7 +120,7 @@ func TestEventsNeverFailARotation(t *testing.T) {
 // A rollback records CertificatesRolledBack, naming the run it undid.
 func TestRollbackEvents(t *testing.T) {
 	c := fakeCluster(t, []string{"cp-1"}, []string{"w-1"})
-	rep, err := newTestRunner(c, newFakeAgents(t, c)).Rollback(context.Background(), RollbackOptions{Parallelism: 1})
+	rep, err := newTestRunner(c, newFakeAgents(t, c)).Rollback(context.Background(), RollbackOptions{Parallelism: Parallelism{Count: 1}})
 	if err != nil {
 		t.Fatal(err)
 	}

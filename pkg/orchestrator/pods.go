@@ -135,51 +135,77 @@ func truncate(s string, n int) string {
 	return strings.TrimSuffix(s, "-")
 }
 
-// startPod creates an agent pod and waits until it runs. A pod that cannot
-// start (image not pullable, node unreachable) is reported with the reason.
-func startPod(ctx context.Context, c kubernetes.Interface, o PodSpecOptions, timeout time.Duration) (*corev1.Pod, error) {
-	created, err := c.CoreV1().Pods(Namespace).Create(ctx, AgentPod(o), metav1.CreateOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("node %s: creating the agent pod in %s: %w", o.Node, Namespace, err)
+// podProgress says how far an agent pod got: running, still starting (and
+// why), or failed for good (an image that cannot be pulled, a pod that ended).
+func podProgress(p *corev1.Pod, image string) (running bool, reason string, fatal error) {
+	switch p.Status.Phase {
+	case corev1.PodRunning:
+		return true, "", nil
+	case corev1.PodFailed, corev1.PodSucceeded:
+		return false, "", fmt.Errorf("agent pod %s ended (%s): %s", p.Name, p.Status.Phase, p.Status.Message)
 	}
-	var pod *corev1.Pod
-	var reason string
-	err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
-		p, err := c.CoreV1().Pods(Namespace).Get(ctx, created.Name, metav1.GetOptions{})
-		if err != nil {
-			reason = err.Error()
-			return false, nil
-		}
-		pod = p
-		switch p.Status.Phase {
-		case corev1.PodRunning:
-			return true, nil
-		case corev1.PodFailed, corev1.PodSucceeded:
-			return false, fmt.Errorf("agent pod %s ended (%s): %s", p.Name, p.Status.Phase, p.Status.Message)
-		}
-		for _, cs := range p.Status.ContainerStatuses {
-			if w := cs.State.Waiting; w != nil && w.Reason != "" && w.Reason != "ContainerCreating" {
-				reason = w.Reason + ": " + w.Message
-				if w.Reason == "ErrImagePull" || w.Reason == "ImagePullBackOff" || w.Reason == "InvalidImageName" {
-					return false, fmt.Errorf("the agent image %s cannot be pulled on node %s (%s); point --image at a registry the node can reach", o.Image, o.Node, reason)
-				}
+	for _, cs := range p.Status.ContainerStatuses {
+		if w := cs.State.Waiting; w != nil && w.Reason != "" && w.Reason != "ContainerCreating" {
+			reason = w.Reason + ": " + w.Message
+			if w.Reason == "ErrImagePull" || w.Reason == "ImagePullBackOff" || w.Reason == "InvalidImageName" {
+				return false, reason, fmt.Errorf("the agent image %s cannot be pulled on node %s (%s); point --image at a registry the node can reach", image, p.Spec.NodeName, reason)
 			}
 		}
-		if reason == "" {
-			reason = "pod is " + string(p.Status.Phase)
-		}
-		return false, nil
-	})
-	if err != nil {
-		if wait.Interrupted(err) {
-			err = fmt.Errorf("the agent pod did not start within %s (%s); is the node reachable and Ready?", timeout, reason)
-		}
-		if pod == nil {
-			pod = created
-		}
-		return pod, fmt.Errorf("node %s: %w", o.Node, err)
 	}
-	return pod, nil
+	if reason == "" {
+		reason = "pod is " + string(p.Status.Phase)
+	}
+	return false, reason, nil
+}
+
+// waitPodsRunning waits until every pod of the run named in want (node ->
+// pod name) runs, with one List per poll however many there are. It
+// returns an error per node that did not get there.
+func waitPodsRunning(ctx context.Context, c kubernetes.Interface, runID, image string, want map[string]string, timeout time.Duration) map[string]error {
+	pending := map[string]string{}
+	for node, pod := range want {
+		pending[node] = pod
+	}
+	reasons := map[string]string{}
+	failed := map[string]error{}
+	_ = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		list, err := c.CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{LabelSelector: LabelRun + "=" + runID})
+		if err != nil {
+			for node := range pending {
+				reasons[node] = err.Error()
+			}
+			return false, nil
+		}
+		byName := map[string]*corev1.Pod{}
+		for i := range list.Items {
+			byName[list.Items[i].Name] = &list.Items[i]
+		}
+		for node, name := range pending {
+			p, ok := byName[name]
+			if !ok {
+				reasons[node] = "pod not found"
+				continue
+			}
+			running, reason, fatal := podProgress(p, image)
+			switch {
+			case fatal != nil:
+				failed[node] = fatal
+				delete(pending, node)
+			case running:
+				delete(pending, node)
+			default:
+				reasons[node] = reason
+			}
+		}
+		return len(pending) == 0, nil
+	})
+	for node := range pending {
+		failed[node] = fmt.Errorf("the agent pod did not start within %s (%s); is the node reachable and Ready?", timeout, reasons[node])
+	}
+	for node, err := range failed {
+		failed[node] = fmt.Errorf("node %s: %w", node, err)
+	}
+	return failed
 }
 
 // deleteRunPods deletes every pod of this run, each with its grace period

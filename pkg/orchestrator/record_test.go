@@ -83,14 +83,14 @@ func TestReportRecordsFailures(t *testing.T) {
 func TestRollbackReport(t *testing.T) {
 	c := fakeCluster(t, []string{"cp-1"}, []string{"w-1"})
 	f := newFakeAgents(t, c)
-	rep, err := newTestRunner(c, f).Rollback(context.Background(), RollbackOptions{Parallelism: 1, DryRun: true})
+	rep, err := newTestRunner(c, f).Rollback(context.Background(), RollbackOptions{Parallelism: Parallelism{Count: 1}, DryRun: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if rep.RolledBack != "rc-00000000000000aa" || len(rep.Nodes) != 2 || strings.Join(rep.Nodes[1].Restore, ",") != "/etc/kubernetes/admin.conf" || len(rep.Rows) != 0 {
 		t.Errorf("plan %+v nodes %+v", rep, rep.Nodes)
 	}
-	rep, err = newTestRunner(c, f).Rollback(context.Background(), RollbackOptions{Parallelism: 1})
+	rep, err = newTestRunner(c, f).Rollback(context.Background(), RollbackOptions{Parallelism: Parallelism{Count: 1}})
 	if err != nil {
 		t.Fatal(err)
 	}

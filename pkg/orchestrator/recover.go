@@ -27,8 +27,8 @@ type RecoverOptions struct {
 	// the `uname -m` it answers.
 	Agent    func(machine string) ([]byte, error)
 	Validity time.Duration
-	// Parallelism bounds the workers worked on at once.
-	Parallelism int
+	// Parallelism bounds the workers worked on at once (rollout).
+	Parallelism Parallelism
 	DryRun      bool
 	// Connect makes a client for the recovered API from the renewed
 	// admin.conf (the transport knows how this machine reaches it).
@@ -96,7 +96,7 @@ func (r *Runner) Recover(ctx context.Context, o RecoverOptions) (rep *RecoverRep
 		}
 	}()
 	r.logf("Copying the agent to %d node(s) (run %s)", len(o.Nodes), rep.Run)
-	errs := forEach(ctx, len(o.Nodes), max(o.Parallelism, 4), func(i int) error {
+	errs := forEach(ctx, len(o.Nodes), fanout, func(i int) error {
 		n := o.Nodes[i]
 		machine, err := n.Run(ctx, []string{"uname", "-m"}, nil)
 		if err != nil {
@@ -135,7 +135,7 @@ func (r *Runner) Recover(ctx context.Context, o RecoverOptions) (rep *RecoverRep
 		}
 	}
 	reps := make([]Report, len(workers))
-	errs = forEach(ctx, len(workers), max(o.Parallelism, 1), func(i int) error {
+	errs = rollout(ctx, len(workers), o.Parallelism.Cap(len(workers)), func(i int) error {
 		err := r.recoverWorker(ctx, workers[i], cps[0], o, &reps[i])
 		reps[i].failed(workers[i], err)
 		return err
@@ -143,7 +143,7 @@ func (r *Runner) Recover(ctx context.Context, o RecoverOptions) (rep *RecoverRep
 	for i := range reps {
 		rep.merge(&reps[i])
 	}
-	if err := errors.Join(errs...); err != nil {
+	if err := rolloutError(errs); err != nil {
 		return rep, err
 	}
 	res, err := r.call(ctx, cps[0], api.Request{Action: api.ReadAdminKubeconfig})
@@ -184,7 +184,7 @@ func (r *Runner) Recover(ctx context.Context, o RecoverOptions) (rep *RecoverRep
 // before anything is written.
 func (r *Runner) recoverPlan(ctx context.Context, agents []agentPod, o RecoverOptions, rep *RecoverReport) (cps, workers []agentPod, err error) {
 	inspects := make([]*api.InspectResult, len(agents))
-	errs := forEach(ctx, len(agents), max(o.Parallelism, 4), func(i int) error {
+	errs := forEach(ctx, len(agents), fanout, func(i int) error {
 		res, err := r.call(ctx, agents[i], api.Request{Action: api.Inspect, Services: recoverServices, Validity: o.Validity, Recover: true})
 		if err != nil {
 			return err

@@ -44,7 +44,7 @@ func (h *fakeHost) Run(ctx context.Context, argv []string, stdin io.Reader) ([]b
 	case argv[0] == "uname":
 		return []byte("x86_64\n"), nil
 	case argv[0] == "mktemp":
-		return []byte("/tmp/rotate-certs.0123456789\n"), nil
+		return []byte(transport.InstallDir + "/rotate-certs.0123456789\n"), nil
 	case argv[0] == "chmod":
 		return nil, nil
 	case argv[0] == "sh": // cat > "$1"
@@ -57,6 +57,8 @@ func (h *fakeHost) Run(ctx context.Context, argv []string, stdin io.Reader) ([]b
 	case argv[0] == "rm":
 		h.removed = append(h.removed, argv[len(argv)-1])
 		return nil, nil
+	case strings.HasSuffix(argv[0], "/kubectl-rotate_certs") && len(argv) == 2 && argv[1] == "version":
+		return []byte(version.Version + "\n"), nil
 	case strings.HasSuffix(argv[0], "/kubectl-rotate_certs") && argv[len(argv)-1] == "exec":
 		var req api.Request
 		if err := json.NewDecoder(stdin).Decode(&req); err != nil {
@@ -126,7 +128,7 @@ func (rc *recoverCluster) nodes() []transport.Node {
 }
 
 func (rc *recoverCluster) options(t *testing.T, connect func([]byte) (kubernetes.Interface, error)) RecoverOptions {
-	return RecoverOptions{Nodes: rc.nodes(), Validity: 8760 * time.Hour, Parallelism: 2, Connect: connect,
+	return RecoverOptions{Nodes: rc.nodes(), Validity: 8760 * time.Hour, Parallelism: Parallelism{Count: 2}, Connect: connect,
 		Agent: func(machine string) ([]byte, error) {
 			if machine != "x86_64" {
 				t.Errorf("machine %q", machine)
@@ -168,7 +170,7 @@ func TestRecoverOrder(t *testing.T) {
 		t.Errorf("admin.conf %q", admin)
 	}
 	for _, h := range rc.hosts {
-		if len(h.removed) != 1 || h.removed[0] != "/tmp/rotate-certs.0123456789" {
+		if len(h.removed) != 1 || h.removed[0] != transport.InstallDir+"/rotate-certs.0123456789" {
 			t.Errorf("node %s: the agent's directory was not removed: %v", h.name, h.removed)
 		}
 	}

@@ -20,7 +20,7 @@ type RollbackOptions struct {
 	Run         string
 	NodeNames   []string
 	Selector    string
-	Parallelism int
+	Parallelism Parallelism
 	DryRun      bool
 }
 
@@ -62,13 +62,13 @@ func (r *Runner) Rollback(ctx context.Context, o RollbackOptions) (rep *Report, 
 	access := func(n *corev1.Node) Access {
 		return Access{ReadOnly: o.DryRun, ControlPlane: IsControlPlane(n), Kubelet: true}
 	}
-	agents, errs := r.startAgents(ctx, nodes, runID, access, podDeadline(r.Timeout, len(nodes), 0, 1), max(o.Parallelism, 4))
+	agents, errs := r.startAgents(ctx, nodes, runID, access, podDeadline(r.Timeout, len(nodes), 0, 1), fanout)
 	defer r.keepAlive(agents)()
 	if err := errors.Join(errs...); err != nil {
 		return rep, fmt.Errorf("%w\nno file on any node was changed", err)
 	}
 	backups := make([][]api.Backup, len(agents))
-	errs = forEach(ctx, len(agents), max(o.Parallelism, 4), func(i int) error {
+	errs = forEach(ctx, len(agents), fanout, func(i int) error {
 		res, err := r.call(ctx, agents[i], api.Request{Action: api.ListBackups})
 		if err == nil {
 			backups[i] = res.Backups
@@ -147,11 +147,11 @@ func (r *Runner) Rollback(ctx context.Context, o RollbackOptions) (rep *Report, 
 	for i := range reps {
 		reps[i].Run, reps[i].User, reps[i].RolledBack = rep.Run, rep.User, rep.RolledBack
 	}
-	errs = forEach(ctx, len(workers), max(o.Parallelism, 1), func(i int) error { return recorded(workers[i], &reps[i]) })
+	errs = rollout(ctx, len(workers), o.Parallelism.Cap(len(workers)), func(i int) error { return recorded(workers[i], &reps[i]) })
 	for i := range reps {
 		rep.merge(&reps[i])
 	}
-	return rep, errors.Join(errs...)
+	return rep, rolloutError(errs)
 }
 
 // permissions are what a rollback with these options needs.

@@ -20,17 +20,34 @@ import (
 
 // RotateOptions say what to rotate where.
 type RotateOptions struct {
-	Services    []pki.Service // already validated; --all adds pki.ServiceAdmin
-	NodeNames   []string
-	Selector    string
-	Validity    time.Duration
-	Restart     string // api.RestartNeeded or api.RestartAll
-	Parallelism int
+	Services  []pki.Service // already validated; --all adds pki.ServiceAdmin
+	NodeNames []string
+	Selector  string
+	Validity  time.Duration
+	Restart   string // api.RestartNeeded or api.RestartAll
+	// Parallelism bounds the workers changed at once (rollout).
+	Parallelism Parallelism
 	DryRun      bool
 	// Resume skips, after an interrupted or failed run of the same
 	// services, the steps that run already completed on a node (its
 	// certificates were issued after that run began).
 	Resume bool
+
+	graceful bool // several control planes: drain kube-apiserver before a restart
+}
+
+// behindLoadBalancer tells whether the cluster has several control planes,
+// whose API servers then serve behind a load balancer.
+func (r *Runner) behindLoadBalancer(ctx context.Context) (bool, error) {
+	n := 0
+	for _, label := range ControlPlaneLabels {
+		list, err := r.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{LabelSelector: label})
+		if err != nil {
+			return false, fmt.Errorf("listing control planes: %w", err)
+		}
+		n = max(n, len(list.Items))
+	}
+	return n > 1, nil
 }
 
 // Row is one certificate in the report.
@@ -93,8 +110,8 @@ func (o RotateOptions) renewServices() []string {
 // Rotate renews the requested services' certificates on the selected
 // nodes. It holds the cluster's lock for the run. Every node is inspected
 // and every renewal planned before any node is changed; control planes go
-// one at a time, each proven healthy before the next; workers follow,
-// Parallelism at a time. When ctx ends (Ctrl-C) no new change starts, the
+// one at a time, each proven healthy before the next; workers follow in a
+// rollout (one canary, then more as they succeed). When ctx ends (Ctrl-C) no new change starts, the
 // change in progress is waited for and reported, and the run is recorded
 // as interrupted so the next one resumes it. Agent pods are deleted
 // whatever happens.
@@ -167,8 +184,9 @@ func (r *Runner) Rotate(ctx context.Context, o RotateOptions) (rep *Report, err 
 	access := func(n *corev1.Node) Access {
 		return Access{ReadOnly: o.DryRun, ControlPlane: IsControlPlane(n) && cpWork, Kubelet: kubelet}
 	}
-	deadline := podDeadline(r.Timeout, controlPlanes, len(targets)-controlPlanes, o.Parallelism)
-	agents, errs := r.startAgents(ctx, targets, runID, access, deadline, max(o.Parallelism, 4))
+	limit := o.Parallelism.Cap(len(targets) - controlPlanes)
+	deadline := podDeadline(r.Timeout, controlPlanes, len(targets)-controlPlanes, limit)
+	agents, errs := r.startAgents(ctx, targets, runID, access, deadline, fanout)
 	stopPings := r.keepAlive(agents)
 	defer stopPings()
 	if err := errors.Join(errs...); err != nil {
@@ -207,6 +225,11 @@ func (r *Runner) Rotate(ctx context.Context, o RotateOptions) (rep *Report, err 
 		}
 	}
 	skip := r.resumePlan(prev, o, agents, inspects, rep)
+	graceful, err := r.behindLoadBalancer(ctx)
+	if err != nil {
+		return rep, err
+	}
+	o.graceful = graceful
 
 	for _, ap := range agents {
 		if !ap.controlPlane {
@@ -223,14 +246,14 @@ func (r *Runner) Rotate(ctx context.Context, o RotateOptions) (rep *Report, err 
 		}
 	}
 	workerReps := make([]Report, len(workers))
-	errs = forEach(ctx, len(workers), o.Parallelism, func(i int) error {
+	errs = rollout(ctx, len(workers), limit, func(i int) error {
 		workerReps[i].Run, workerReps[i].User = rep.Run, rep.User
 		return r.rotateOne(ctx, workers[i], o, &workerReps[i], skip[workers[i].node], lock)
 	})
 	for i := range workerReps {
 		rep.merge(&workerReps[i])
 	}
-	if err := errors.Join(errs...); err != nil {
+	if err := rolloutError(errs); err != nil {
 		return rep, err
 	}
 	if ctx.Err() != nil {
@@ -264,7 +287,7 @@ func (o RotateOptions) permissions() permissions {
 // node's problem is an error (and nothing has been changed).
 func (r *Runner) inspectAll(ctx context.Context, agents []agentPod, o RotateOptions) ([]*api.InspectResult, error) {
 	inspects := make([]*api.InspectResult, len(agents))
-	errs := forEach(ctx, len(agents), max(o.Parallelism, 4), func(i int) error {
+	errs := forEach(ctx, len(agents), fanout, func(i int) error {
 		res, err := r.call(ctx, agents[i], api.Request{Action: api.Inspect, Services: servicesFor(o, agents[i]), Validity: o.Validity, ReadOnly: o.DryRun})
 		if err != nil {
 			return err
@@ -381,7 +404,7 @@ func (r *Runner) rotateOne(ctx context.Context, ap agentPod, o RotateOptions, re
 func (r *Runner) rotateNode(ctx context.Context, ap agentPod, o RotateOptions, rep *Report, skip skipSteps) error {
 	if services := o.renewServices(); ap.controlPlane && len(services) > 0 && !skip.renew {
 		r.logf("node %s: renewing %s", ap.node, strings.Join(services, ", "))
-		res, err := r.change(ctx, ap, api.Request{Action: api.Renew, Services: services, Validity: o.Validity, Restart: o.Restart})
+		res, err := r.change(ctx, ap, api.Request{Action: api.Renew, Services: services, Validity: o.Validity, Restart: o.Restart, Graceful: o.graceful})
 		if err != nil {
 			return err
 		}

@@ -126,6 +126,8 @@ type fakeAgents struct {
 	breakStream map[api.Action]bool
 	broken      map[string]bool
 	filed       map[string][]byte
+	// latency, if set, is how long each action takes.
+	latency func(api.Action) time.Duration
 }
 
 func newFakeAgents(t *testing.T, c *fake.Clientset) *fakeAgents {
@@ -179,6 +181,9 @@ func (f *fakeAgents) perform(stdin []byte) ([]byte, error) {
 	f.mu.Lock()
 	f.calls = append(f.calls, req.Node+" "+string(req.Action))
 	f.mu.Unlock()
+	if f.latency != nil {
+		time.Sleep(f.latency(req.Action))
+	}
 	res := api.Result{AgentVersion: version.Version, Node: req.Node, Outcome: api.Done}
 	if f.failAction[req.Node] == req.Action {
 		res.Outcome, res.Error = api.Restored, "injected failure"
@@ -282,7 +287,7 @@ func newTestRunner(c *fake.Clientset, f *fakeAgents) *Runner {
 }
 
 func allOptions() RotateOptions {
-	return RotateOptions{Services: append(append([]pki.Service{}, pki.Services...), pki.ServiceAdmin), Validity: time.Hour * 8760, Restart: api.RestartNeeded, Parallelism: 2, Resume: true}
+	return RotateOptions{Services: append(append([]pki.Service{}, pki.Services...), pki.ServiceAdmin), Validity: time.Hour * 8760, Restart: api.RestartNeeded, Parallelism: Parallelism{Count: 2}, Resume: true}
 }
 
 func remainingPods(t *testing.T, c *fake.Clientset) int {
@@ -506,7 +511,7 @@ func TestStatusReportsUnreachableNodes(t *testing.T) {
 	c := fakeCluster(t, []string{"cp-1"}, []string{"w-1"})
 	f := newFakeAgents(t, c)
 	f.failAction["w-1"] = api.Inspect
-	out, err := newTestRunner(c, f).Status(context.Background(), []string{"cp-1", "w-1", "w-9"}, "", 2)
+	out, err := newTestRunner(c, f).Status(context.Background(), []string{"cp-1", "w-1", "w-9"}, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -196,13 +196,13 @@ func TestPreflightCoversEveryRequest(t *testing.T) {
 		"--all":   {allOptions().permissions(), func(r *Runner) error { _, err := r.Rotate(context.Background(), allOptions()); return err }},
 		"kubelet": {kubelet.permissions(), func(r *Runner) error { _, err := r.Rotate(context.Background(), kubelet); return err }},
 		"dry run": {dry.permissions(), func(r *Runner) error { _, err := r.Rotate(context.Background(), dry); return err }},
-		"status":  {permsAgents, func(r *Runner) error { _, err := r.Status(context.Background(), nil, "", 2); return err }},
+		"status":  {permsAgents, func(r *Runner) error { _, err := r.Status(context.Background(), nil, ""); return err }},
 		"rollback": {RollbackOptions{}.permissions(), func(r *Runner) error {
-			_, err := r.Rollback(context.Background(), RollbackOptions{Parallelism: 1})
+			_, err := r.Rollback(context.Background(), RollbackOptions{Parallelism: Parallelism{Count: 1}})
 			return err
 		}},
 		"rollback dry run": {RollbackOptions{DryRun: true}.permissions(), func(r *Runner) error {
-			_, err := r.Rollback(context.Background(), RollbackOptions{Parallelism: 1, DryRun: true})
+			_, err := r.Rollback(context.Background(), RollbackOptions{Parallelism: Parallelism{Count: 1}, DryRun: true})
 			return err
 		}},
 	}
@@ -264,7 +264,7 @@ func TestDecodeResultRefusesTamperedAnswers(t *testing.T) {
 func TestRollbackLatestRun(t *testing.T) {
 	c := fakeCluster(t, []string{"cp-1"}, []string{"w-1"})
 	f := newFakeAgents(t, c)
-	rep, err := newTestRunner(c, f).Rollback(context.Background(), RollbackOptions{Parallelism: 1})
+	rep, err := newTestRunner(c, f).Rollback(context.Background(), RollbackOptions{Parallelism: Parallelism{Count: 1}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +274,7 @@ func TestRollbackLatestRun(t *testing.T) {
 	if rep.Run == "" {
 		t.Error("no run ID")
 	}
-	if _, err := newTestRunner(c, f).Rollback(context.Background(), RollbackOptions{Run: "rc-00000000000000bb", Parallelism: 1}); err == nil || !strings.Contains(err.Error(), "no selected node keeps a backup of run rc-00000000000000bb") {
+	if _, err := newTestRunner(c, f).Rollback(context.Background(), RollbackOptions{Run: "rc-00000000000000bb", Parallelism: Parallelism{Count: 1}}); err == nil || !strings.Contains(err.Error(), "no selected node keeps a backup of run rc-00000000000000bb") {
 		t.Errorf("unknown run: %v", err)
 	}
 }
@@ -307,5 +307,34 @@ func TestInterruptAfterAKubeletInstallDoesNotRollItBack(t *testing.T) {
 	}
 	if calls := f.callsOf(api.Rollback); len(calls) > 0 {
 		t.Errorf("the interrupt rolled back %v", calls)
+	}
+}
+
+// noAgent is a node whose agent cannot start: every exec fails without an
+// answer, and the result it would have filed never exists.
+type noAgent struct{ execs int }
+
+func (n *noAgent) agent(_ context.Context, args []string, _ []byte) ([]byte, error) {
+	n.execs++
+	if args[0] == "result" {
+		return []byte(`{"agentVersion":"v","outcome":"not-received","error":"never reached"}`), nil
+	}
+	return nil, errors.New("exit status 126: permission denied")
+}
+func (n *noAgent) id() string { return "n" }
+
+// A request the agent never receives is given up after a few tries, with
+// the reason, not retried until the transaction's deadline.
+func TestCallGivesUpOnAnAgentThatCannotStart(t *testing.T) {
+	c := fakeCluster(t, nil, nil)
+	r := newTestRunner(c, nil)
+	conn := &noAgent{}
+	start := time.Now()
+	_, err := r.call(context.Background(), agentPod{node: "w-1", conn: conn}, api.Request{Action: api.Inspect})
+	if err == nil || !strings.Contains(err.Error(), "never received the request") || !strings.Contains(err.Error(), "permission denied") {
+		t.Errorf("got %v", err)
+	}
+	if conn.execs > 6 || time.Since(start) > time.Second {
+		t.Errorf("%d execs in %s", conn.execs, time.Since(start))
 	}
 }

@@ -168,25 +168,43 @@ func selectorNote(selector string) string {
 // the plugin is gone and exits; the plugin pings pods it keeps waiting.
 const agentIdle = 5 * time.Minute
 
-// startAgents starts one agent pod per node, parallelism at a time, with the
-// access access(node) gives, and returns them in node order. deadline is the
-// pods' activeDeadlineSeconds. On error the pods already started are left
-// for the caller's cleanup (deleteRunPods).
+// startAgents starts one agent pod per node, with the access access(node)
+// gives, and returns them in node order: it creates the pods (parallelism
+// at a time), then waits for all of them with one List per poll, so a
+// thousand nodes cost a thousand creations, not a thousand polls. deadline
+// is the pods' activeDeadlineSeconds. On error the pods already created are
+// left for the caller's cleanup (deleteRunPods).
 func (r *Runner) startAgents(ctx context.Context, nodes []corev1.Node, runID string, access func(*corev1.Node) Access, deadline time.Duration, parallelism int) ([]agentPod, []error) {
 	pods := make([]agentPod, len(nodes))
+	names := make([]string, len(nodes))
 	errs := forEach(ctx, len(nodes), parallelism, func(i int) error {
 		n := &nodes[i]
 		pods[i] = agentPod{node: n.Name, run: runID, controlPlane: IsControlPlane(n), obj: n}
 		o := PodSpecOptions{Node: n.Name, Image: r.Image, RunID: runID, Access: access(n),
 			Idle: agentIdle, Deadline: deadline, Grace: api.TransactionTimeout(r.Timeout) + 30*time.Second}
-		p, err := startPod(ctx, r.Client, o, r.Timeout)
+		created, err := r.Client.CoreV1().Pods(Namespace).Create(ctx, AgentPod(o), metav1.CreateOptions{})
 		if err != nil {
-			return err
+			return fmt.Errorf("node %s: creating the agent pod in %s: %w", n.Name, Namespace, err)
 		}
-		pods[i] = agentPod{node: n.Name, conn: podConn{exec: r.Exec, pod: p.Name}, run: runID, controlPlane: IsControlPlane(n), obj: n}
-		r.touched(p.Name)
+		names[i] = created.Name
 		return nil
 	})
+	want := map[string]string{}
+	for i, name := range names {
+		if errs[i] == nil {
+			want[nodes[i].Name] = name
+		}
+	}
+	failed := waitPodsRunning(ctx, r.Client, runID, r.Image, want, r.Timeout)
+	for i, n := range nodes {
+		if errs[i] != nil {
+			continue
+		}
+		if errs[i] = failed[n.Name]; errs[i] == nil {
+			pods[i].conn = podConn{exec: r.Exec, pod: names[i]}
+			r.touched(names[i])
+		}
+	}
 	return pods, errs
 }
 

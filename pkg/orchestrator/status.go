@@ -24,7 +24,7 @@ type NodeStatus struct {
 // agent pods (no privileges, read-only mounts). A node that cannot be read,
 // or a named node that does not exist, is reported with its error; the
 // others are still reported.
-func (r *Runner) Status(ctx context.Context, names []string, selector string, parallelism int) (out []NodeStatus, err error) {
+func (r *Runner) Status(ctx context.Context, names []string, selector string) (out []NodeStatus, err error) {
 	nodes, err := SelectNodes(ctx, r.Client, nil, selector)
 	if err != nil {
 		return nil, err
@@ -46,10 +46,10 @@ func (r *Runner) Status(ctx context.Context, names []string, selector string, pa
 		return unknown, nil
 	}
 	readOnly := func(*corev1.Node) Access { return Access{ReadOnly: true} }
-	agents, startErrs := r.startAgents(ctx, nodes, runID, readOnly, 2*r.Timeout+5*time.Minute, max(parallelism, 4))
+	agents, startErrs := r.startAgents(ctx, nodes, runID, readOnly, 2*r.Timeout+5*time.Minute, fanout)
 	defer r.keepAlive(agents)()
 	out = make([]NodeStatus, len(nodes))
-	errs := forEach(ctx, len(nodes), max(parallelism, 4), func(i int) error {
+	errs := forEach(ctx, len(nodes), fanout, func(i int) error {
 		out[i] = NodeStatus{Node: nodes[i].Name, ControlPlane: IsControlPlane(&nodes[i])}
 		if startErrs[i] != nil {
 			return startErrs[i]

@@ -146,23 +146,7 @@ func (a *Authority) Renew(old *x509.Certificate, validity time.Duration, now tim
 	if err := old.CheckSignatureFrom(a.Cert); err != nil {
 		return nil, fmt.Errorf("certificate %q was not signed by CA %s (%v): refusing to re-sign it with a different CA", old.Subject.CommonName, a.CA.Name, err)
 	}
-	key, err := NewKeyLike(old.PublicKey)
-	if err != nil {
-		return nil, err
-	}
-	tmpl, err := Template(old, validity, now)
-	if err != nil {
-		return nil, err
-	}
-	cert, capped, err := a.Sign(tmpl, key.Public())
-	if err != nil {
-		return nil, err
-	}
-	keyPEM, err := EncodeKeyPEM(key)
-	if err != nil {
-		return nil, err
-	}
-	return &Issued{Cert: cert, CertPEM: EncodeCertPEM(cert), KeyPEM: keyPEM, Capped: capped}, nil
+	return a.Issue(old, old.PublicKey, validity, now)
 }
 
 // EncodeCertPEM encodes a certificate as PEM.

@@ -24,7 +24,7 @@ func TestRotateFlagValidation(t *testing.T) {
 		"unknown service":   {[]string{"--service", "etcd,kube-apiservr"}, `unknown service "kube-apiservr": valid services are etcd, kube-apiserver`},
 		"bad restart":       {[]string{"--all", "--restart", "some"}, "--restart must be"},
 		"short validity":    {[]string{"--all", "--validity", "10m"}, "at least 1h"},
-		"no parallelism":    {[]string{"--all", "--parallelism", "0"}, "--parallelism must be at least 1"},
+		"no parallelism":    {[]string{"--all", "--parallelism", "0"}, `--parallelism: "0" is neither a count of at least 1 nor a percentage like 10%`},
 		"empty node name":   {[]string{"--all", "--nodes", "a,,b"}, "empty node name"},
 		"arguments refused": {[]string{"--all", "extra"}, "unknown command"},
 		// expirationSeconds is an int32: 68 years would wrap around.
@@ -54,7 +54,7 @@ func TestRotateFlagValidation(t *testing.T) {
 
 func TestNodesAreDeduplicated(t *testing.T) {
 	o := NewRotateOptions(genericiooptions.IOStreams{}, nil)
-	o.all, o.nodes, o.parallelism, o.timeout, o.image, o.restart, o.validity, o.keepBackups = true, []string{"a", " a", "b", "a"}, 1, time.Minute, "img", "needed", time.Hour, 1
+	o.all, o.nodes, o.parallelism, o.timeout, o.image, o.restart, o.validity, o.keepBackups = true, []string{"a", " a", "b", "a"}, "1", time.Minute, "img", "needed", time.Hour, 1
 	if err := o.Validate(); err != nil {
 		t.Fatal(err)
 	}

@@ -96,7 +96,7 @@ API still works.`,
 	f.StringVar(&o.server, "server", "", "API server to check the recovered cluster through, when admin.conf's is not reachable from here (--ssh, --local)")
 	f.DurationVar(&o.validity, "validity", 8760*time.Hour, "Validity of the new certificates (capped at the CA's expiry)")
 	f.DurationVar(&o.timeout, "timeout", 5*time.Minute, "Longest wait for any single step")
-	f.IntVar(&o.parallelism, "parallelism", 2, "Worker nodes worked on at the same time (control planes always go one at a time)")
+	f.StringVar(&o.parallelism, "parallelism", orchestrator.DefaultParallelism.String(), "Worker nodes worked on at the same time, a count or a percentage (at least 2); control planes always go one at a time")
 	f.BoolVar(&o.dryRun, "dry-run", false, "Print the plan and change nothing")
 	addOutputFlag(cmd, &o.output)
 	o.addChangeFlags(cmd)
@@ -135,9 +135,14 @@ func (o *RecoverOptions) Validate() error {
 	if o.validity < time.Hour || o.validity > orchestrator.MaxValidity {
 		return fmt.Errorf("--validity must be between 1h and %s, got %s", orchestrator.MaxValidity, o.validity)
 	}
-	if o.timeout <= 0 || o.parallelism < 1 {
-		return errors.New("--timeout must be positive and --parallelism at least 1")
+	if o.timeout <= 0 {
+		return errors.New("--timeout must be positive")
 	}
+	p, err := orchestrator.ParseParallelism(o.parallelism)
+	if err != nil {
+		return fmt.Errorf("--parallelism: %w", err)
+	}
+	o.par = p
 	if o.keepBackups < 1 {
 		return fmt.Errorf("--keep-backups must be at least 1, got %d", o.keepBackups)
 	}
@@ -156,7 +161,7 @@ func (o *RecoverOptions) Run(ctx context.Context) error {
 	}
 	o.runner = &orchestrator.Runner{Log: progressLogger(o.ErrOut), Timeout: o.timeout, KeepBackups: o.keepBackups, Drain: o.drain}
 	rep, err := o.runner.Recover(ctx, orchestrator.RecoverOptions{
-		Nodes: o.nodes, Agent: o.agentFor, Validity: o.validity, Parallelism: o.parallelism, DryRun: o.dryRun, Connect: o.connectRecovered,
+		Nodes: o.nodes, Agent: o.agentFor, Validity: o.validity, Parallelism: o.par, DryRun: o.dryRun, Connect: o.connectRecovered,
 	})
 	if err == nil && !o.dryRun {
 		if err = o.handBack(rep); err == nil {

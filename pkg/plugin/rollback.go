@@ -78,7 +78,7 @@ func (o *RollbackOptions) Run(ctx context.Context) error {
 		return err
 	}
 	rep, err := o.runner.Rollback(ctx, orchestrator.RollbackOptions{
-		Run: o.run, NodeNames: o.nodes, Selector: o.selector, Parallelism: o.parallelism, DryRun: o.dryRun,
+		Run: o.run, NodeNames: o.nodes, Selector: o.selector, Parallelism: o.par, DryRun: o.dryRun,
 	})
 	return printRun(o.Out, o.ErrOut, o.output, report.KindRollback, rep, err)
 }

@@ -43,8 +43,10 @@ type commonFlags struct {
 	selector    string
 	image       string
 	timeout     time.Duration
-	parallelism int
+	parallelism string
 	keepBackups int
+
+	par orchestrator.Parallelism
 
 	runner *orchestrator.Runner
 	drain  context.Context
@@ -69,7 +71,7 @@ func (f *commonFlags) addFlags(cmd *cobra.Command) {
 	cmd.Flags().StringVarP(&f.selector, "selector", "l", "", "Only nodes matching this label selector")
 	cmd.Flags().StringVar(&f.image, "image", version.DefaultImage(), "Agent image run on the nodes (point it at your mirror in air-gapped clusters)")
 	cmd.Flags().DurationVar(&f.timeout, "timeout", 5*time.Minute, "Longest wait for any single step (pod start, component restart, CSR signing, node Ready)")
-	cmd.Flags().IntVar(&f.parallelism, "parallelism", 2, "Worker nodes worked on at the same time (control planes always go one at a time)")
+	cmd.Flags().StringVar(&f.parallelism, "parallelism", orchestrator.DefaultParallelism.String(), "Worker nodes changed at the same time, a count or a percentage of the selected workers (at least 2); one canary first, then more as they succeed; control planes always go one at a time")
 }
 
 // addChangeFlags are the flags of commands that change nodes.
@@ -102,9 +104,11 @@ func (f *commonFlags) connect() error {
 }
 
 func (f *commonFlags) validate() error {
-	if f.parallelism < 1 {
-		return fmt.Errorf("--parallelism must be at least 1, got %d", f.parallelism)
+	p, err := orchestrator.ParseParallelism(f.parallelism)
+	if err != nil {
+		return fmt.Errorf("--parallelism: %w", err)
 	}
+	f.par = p
 	if f.timeout <= 0 {
 		return fmt.Errorf("--timeout must be positive, got %s", f.timeout)
 	}
@@ -216,7 +220,7 @@ func (o *RotateOptions) Run(ctx context.Context) error {
 	}
 	rep, err := o.runner.Rotate(ctx, orchestrator.RotateOptions{
 		Services: o.resolved, NodeNames: o.nodes, Selector: o.selector, Validity: o.validity,
-		Restart: o.restart, Parallelism: o.parallelism, DryRun: o.dryRun, Resume: o.resume,
+		Restart: o.restart, Parallelism: o.par, DryRun: o.dryRun, Resume: o.resume,
 	})
 	return printRun(o.Out, o.ErrOut, o.output, report.KindRotation, rep, err)
 }

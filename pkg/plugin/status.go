@@ -94,7 +94,7 @@ func (o *StatusOptions) Run(ctx context.Context) error {
 	if err := o.connect(); err != nil {
 		return err
 	}
-	nodes, err := o.runner.Status(ctx, o.nodes, o.selector, o.parallelism)
+	nodes, err := o.runner.Status(ctx, o.nodes, o.selector)
 	if err != nil {
 		return err
 	}

@@ -34,17 +34,22 @@ type Installed struct {
 	Dir, Path string
 }
 
+// InstallDir is where Install makes its private directories: on the root
+// filesystem, since /tmp is often mounted noexec (kind's nodes, hardened
+// hosts). Tests that run "nodes" on this machine point it at a temp dir.
+var InstallDir = "/var/lib"
+
 // Install copies the agent binary to a fresh private directory on the node
 // (mktemp -d, 0700), makes it executable, and checks its sha256 there
 // before anything runs it: a node never runs a binary that is not
-// byte-identical to this one.
+// byte-identical to this one. It proves the binary can run there.
 func Install(ctx context.Context, n Node, binary []byte) (*Installed, error) {
-	out, err := n.Run(ctx, []string{"mktemp", "-d", "/tmp/rotate-certs.XXXXXXXXXX"}, nil)
+	out, err := n.Run(ctx, []string{"mktemp", "-d", InstallDir + "/rotate-certs.XXXXXXXXXX"}, nil)
 	if err != nil {
 		return nil, fmt.Errorf("node %s: making a private directory: %w", n.Name(), err)
 	}
 	dir := strings.TrimSpace(string(out))
-	if !strings.HasPrefix(dir, "/tmp/rotate-certs.") || strings.ContainsAny(dir, " \n'\"\\") {
+	if !strings.HasPrefix(dir, InstallDir+"/rotate-certs.") || strings.ContainsAny(dir, " \n'\"\\") {
 		return nil, fmt.Errorf("node %s: mktemp answered %q", n.Name(), dir)
 	}
 	in := &Installed{Dir: dir, Path: dir + "/kubectl-rotate_certs"}
@@ -65,6 +70,9 @@ func Install(ctx context.Context, n Node, binary []byte) (*Installed, error) {
 	want := sha256.Sum256(binary)
 	if got, _, _ := strings.Cut(strings.TrimSpace(string(sum)), " "); got != hex.EncodeToString(want[:]) {
 		return fail(fmt.Errorf("the copied binary's sha256 is %q, not %x", got, want))
+	}
+	if _, err := n.Run(ctx, []string{in.Path, "version"}, nil); err != nil {
+		return fail(fmt.Errorf("the agent cannot run from %s (is the filesystem mounted noexec?): %w", dir, err))
 	}
 	return in, nil
 }

@@ -39,9 +39,16 @@ func (c corrupting) Run(ctx context.Context, argv []string, stdin io.Reader) ([]
 }
 
 func TestInstallOverKindsNodeInterface(t *testing.T) {
+	InstallDir = t.TempDir()
 	n := kindNode{&fakeKindNode{name: "kind-worker"}}
 	binary := make([]byte, 3<<20)
 	_, _ = rand.Read(binary)
+	binary = append([]byte("#!/bin/sh\necho agent\nexit 0\n#"), binary...)
+	for i := range binary[30:] {
+		if binary[30+i] == '\n' {
+			binary[30+i] = ' ' // one comment line: the script runs
+		}
+	}
 	in, err := Install(context.Background(), n, binary)
 	if err != nil {
 		t.Fatal(err)
@@ -70,14 +77,23 @@ func TestInstallOverKindsNodeInterface(t *testing.T) {
 // A binary that arrives different is never left to run: Install fails and
 // removes what it made.
 func TestInstallRefusesACorruptedCopy(t *testing.T) {
+	InstallDir = t.TempDir()
 	n := corrupting{localNode{"here"}}
-	before, _ := os.ReadDir("/tmp")
 	_, err := Install(context.Background(), n, []byte("#!/bin/sh\necho agent\n"))
 	if err == nil || !strings.Contains(err.Error(), "sha256") {
 		t.Fatalf("got %v", err)
 	}
-	after, _ := os.ReadDir("/tmp")
-	if len(after) > len(before) {
-		t.Errorf("Install left %d entries in /tmp", len(after)-len(before))
+	if left, _ := os.ReadDir(InstallDir); len(left) > 0 {
+		t.Errorf("Install left %v", left)
+	}
+}
+
+// A binary that cannot run where it landed (a noexec mount) is reported as
+// such, not as an agent that never answers.
+func TestInstallProvesTheBinaryRuns(t *testing.T) {
+	InstallDir = t.TempDir()
+	_, err := Install(context.Background(), localNode{"here"}, []byte("not a program"))
+	if err == nil || !strings.Contains(err.Error(), "cannot run from") {
+		t.Fatalf("got %v", err)
 	}
 }

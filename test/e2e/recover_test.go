@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -40,7 +41,7 @@ func TestRecoverExpired(t *testing.T) {
 		// Round one, over SSH: bad input first, then the real thing.
 		e.checkRecoverRefusals(access)
 		round1 := e.snapshots()
-		e.stopUntil(e.shortenCertificates(round1, 60*time.Second).Add(10 * time.Second))
+		e.switchOffUntil(e.shortenCertificates(round1, 60*time.Second).Add(10 * time.Second))
 		e.checkDead()
 		written, took := e.recoverOverSSH(access)
 		t.Logf("recover --ssh: every node Ready %s after it started", took.Round(time.Second))
@@ -60,7 +61,7 @@ func TestRecoverExpired(t *testing.T) {
 	}
 	before := e.snapshots()
 	expiry := e.shortenCertificates(before, 60*time.Second)
-	e.stopUntil(expiry.Add(10 * time.Second))
+	e.switchOffUntil(expiry.Add(10 * time.Second))
 	e.checkDead()
 
 	start := time.Now()
@@ -220,30 +221,27 @@ func (e *env) shortenCertificates(snaps map[string]*snapshot, validity time.Dura
 	return latest
 }
 
-// stopUntil stops the node containers (a cluster switched off) and starts
-// them again, in the same order, once until has passed. Their addresses
-// must not change.
-func (e *env) stopUntil(until time.Time) {
+// switchOffUntil switches the cluster off until the given time and on
+// again: the node containers are frozen (docker pause: no process runs, no
+// clock-driven work happens, and unlike a stopped container a frozen one
+// keeps its address on the shared kind network), then thawed and rebooted
+// as far as Kubernetes sees it: every container stopped and the kubelet
+// started afresh, which reads its (now expired) certificate from disk.
+func (e *env) switchOffUntil(until time.Time) {
 	e.t.Helper()
-	ips := map[string]string{}
-	for _, n := range e.nodes() {
-		ips[n] = e.nodeIP(n)
-	}
 	docker := func(args ...string) {
 		if out, err := exec.Command("docker", args...).CombinedOutput(); err != nil {
 			e.t.Fatalf("docker %s: %v: %s", strings.Join(args, " "), err, out)
 		}
 	}
-	docker(append([]string{"stop"}, e.nodes()...)...)
-	e.t.Logf("nodes stopped; starting them again after %s", until.Format(time.RFC3339))
+	docker(append([]string{"pause"}, e.nodes()...)...)
+	e.t.Logf("nodes frozen; switching them on again after %s", until.Format(time.RFC3339))
 	time.Sleep(time.Until(until))
+	docker(append([]string{"unpause"}, e.nodes()...)...)
 	for _, n := range e.nodes() {
-		docker("start", n)
-	}
-	for _, n := range e.nodes() {
-		out, err := exec.Command("docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", n).Output()
-		if err != nil || strings.TrimSpace(string(out)) != ips[n] {
-			e.t.Fatalf("node %s came back with address %q, not %s: the test cannot go on (%v)", n, strings.TrimSpace(string(out)), ips[n], err)
+		if out, err := e.cluster.Exec(context.Background(), n, nil, "sh", "-c",
+			"systemctl stop kubelet && crictl ps -q | xargs -r crictl stop >/dev/null && systemctl start kubelet"); err != nil {
+			e.t.Fatalf("node %s: rebooting Kubernetes: %v %s", n, err, out)
 		}
 	}
 }
@@ -258,13 +256,26 @@ func (e *env) checkDead() {
 	} else {
 		e.t.Logf("dead as expected: the API fails: %v", err)
 	}
-	for _, n := range e.nodes() {
-		out, _ := e.cluster.Exec(context.Background(), n, nil, "sh", "-c", "systemctl is-active kubelet; journalctl -u kubelet --no-pager | grep -c expired || true")
-		lines := strings.Fields(string(out))
-		if len(lines) < 2 || lines[0] == "active" || lines[len(lines)-1] == "0" {
-			e.t.Fatalf("node %s: the kubelet is not dead of an expired certificate: %q", n, out)
+	restarts := func(n string) (int, string) {
+		out, _ := e.cluster.Exec(context.Background(), n, nil, "sh", "-c", "systemctl show kubelet -p NRestarts --value; journalctl -u kubelet --no-pager | grep -c expired || true")
+		f := strings.Fields(string(out))
+		if len(f) < 2 {
+			return -1, ""
 		}
-		e.t.Logf("node %s: kubelet %s, %s journal lines say expired", n, lines[0], lines[len(lines)-1])
+		r, _ := strconv.Atoi(f[0])
+		return r, f[1]
+	}
+	before := map[string]int{}
+	for _, n := range e.nodes() {
+		before[n], _ = restarts(n)
+	}
+	time.Sleep(15 * time.Second)
+	for _, n := range e.nodes() {
+		after, expired := restarts(n)
+		if after <= before[n] || expired == "0" {
+			e.t.Fatalf("node %s: the kubelet is not dying of an expired certificate (systemd restarted it %d -> %d times in 15s; %s journal lines say expired)", n, before[n], after, expired)
+		}
+		e.t.Logf("node %s: the kubelet keeps dying (systemd restarted it %d times in 15s); %s journal lines say its certificate expired", n, after-before[n], expired)
 	}
 }
 
@@ -319,7 +330,7 @@ func (e *env) checkNoAgentLeftovers() {
 	e.t.Helper()
 	for _, n := range e.nodes() {
 		out, err := e.cluster.Exec(context.Background(), n, nil, "sh", "-c",
-			"ls -d /tmp/rotate-certs.* 2>/dev/null; find /etc/kubernetes /var/lib/kubelet/pki -name '.rotate-certs-pending-*' -o -name '.*.rotate-certs-*' | grep -v rotate-certs-backup || true")
+			"ls -d /var/lib/rotate-certs.* /tmp/rotate-certs.* 2>/dev/null; find /etc/kubernetes /var/lib/kubelet/pki -name '.rotate-certs-pending-*' -o -name '.*.rotate-certs-*' | grep -v rotate-certs-backup || true")
 		if err != nil {
 			e.t.Fatal(err)
 		}

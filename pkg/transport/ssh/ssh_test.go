@@ -384,6 +384,7 @@ func TestRunConcurrent(t *testing.T) {
 // with mode 0700 and its sha256 checked; a corrupted upload fails and
 // leaves no directory behind.
 func TestInstall(t *testing.T) {
+	transport.InstallDir = t.TempDir()
 	payload := append([]byte("#!/bin/sh\necho agent here\nexit 0\n"), make([]byte, 1<<20)...)
 	ctx := context.Background()
 
