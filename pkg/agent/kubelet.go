@@ -71,7 +71,7 @@ func (a *Agent) kubeletCSR(req api.Request) ([]api.CSR, error) {
 			return nil, err
 		}
 		usages := []string{string(certificatesv1.UsageDigitalSignature), string(kc.usage)}
-		if strings.HasPrefix(pki.KeyAlgorithm(old.PublicKey), "RSA") {
+		if strings.HasPrefix(pki.KeyAlgorithm(old.PublicKey), "RSA") || old.KeyUsage&x509.KeyUsageKeyEncipherment != 0 {
 			usages = append(usages, string(certificatesv1.UsageKeyEncipherment))
 		}
 		out = append(out, api.CSR{Name: kc.name, SignerName: kc.signer, Request: string(csrPEM), Usages: usages})
