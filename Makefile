@@ -29,7 +29,7 @@ test-unit:
 	go test -short -count=1 ./...
 
 # Every fuzz target of the parsers of node-supplied data, briefly
-# (FUZZTIME, default 10s each), from the committed seed corpus.
+# (FUZZTIME, default 5s each), from the committed seed corpus.
 fuzz:
 	hack/fuzz.sh
 

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Runs every fuzz target of the parsers of node-supplied data (PEM,
 # kubeconfig, static pod manifests, the agent's JSON answer, certificate
-# requests) for FUZZTIME each (default 10s), starting from the seed corpus
+# requests) for FUZZTIME each (default 5s), starting from the seed corpus
 # committed in each package's testdata/fuzz. `make fuzz`; part of make test.
 # A failure leaves the failing input in that testdata/fuzz folder: commit it
 # with the fix.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FUZZTIME=${FUZZTIME:-10s}
+FUZZTIME=${FUZZTIME:-5s}
 targets=$(grep -rhoE --include='*_test.go' '^func (Fuzz[A-Za-z0-9]+)' pkg | sort -u | wc -l)
 echo "fuzz: $targets targets, $FUZZTIME each" >&2
 for pkg in $(grep -rlE --include='*_test.go' '^func Fuzz' pkg | xargs -n1 dirname | sort -u); do

@@ -41,7 +41,7 @@ func TestRecoverExpired(t *testing.T) {
 		// Round one, over SSH: bad input first, then the real thing.
 		e.checkRecoverRefusals(access)
 		round1 := e.snapshots()
-		e.switchOffUntil(e.shortenCertificates(round1, 60*time.Second).Add(10 * time.Second))
+		e.switchOffUntil(e.shortenCertificates(round1, 30*time.Second).Add(5 * time.Second))
 		e.checkDead()
 		written, took := e.recoverOverSSH(access)
 		t.Logf("recover --ssh: every node Ready %s after it started", took.Round(time.Second))
@@ -60,8 +60,8 @@ func TestRecoverExpired(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := e.snapshots()
-	expiry := e.shortenCertificates(before, 60*time.Second)
-	e.switchOffUntil(expiry.Add(10 * time.Second))
+	expiry := e.shortenCertificates(before, 30*time.Second)
+	e.switchOffUntil(expiry.Add(5 * time.Second))
 	e.checkDead()
 
 	start := time.Now()
@@ -250,7 +250,7 @@ func (e *env) switchOffUntil(until time.Time) {
 // kubelet runs, each having said its certificate expired.
 func (e *env) checkDead() {
 	e.t.Helper()
-	time.Sleep(20 * time.Second) // time for the kubelets to start and give up
+	time.Sleep(10 * time.Second) // time for the kubelets to start and give up
 	if _, err := e.client.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{}); err == nil {
 		e.t.Fatal("the API still answers: the cluster is not dead")
 	} else {
@@ -269,13 +269,13 @@ func (e *env) checkDead() {
 	for _, n := range e.nodes() {
 		before[n], _ = restarts(n)
 	}
-	time.Sleep(15 * time.Second)
+	time.Sleep(10 * time.Second)
 	for _, n := range e.nodes() {
 		after, expired := restarts(n)
 		if after <= before[n] || expired == "0" {
-			e.t.Fatalf("node %s: the kubelet is not dying of an expired certificate (systemd restarted it %d -> %d times in 15s; %s journal lines say expired)", n, before[n], after, expired)
+			e.t.Fatalf("node %s: the kubelet is not dying of an expired certificate (systemd restarted it %d -> %d times in 10s; %s journal lines say expired)", n, before[n], after, expired)
 		}
-		e.t.Logf("node %s: the kubelet keeps dying (systemd restarted it %d times in 15s); %s journal lines say its certificate expired", n, after-before[n], expired)
+		e.t.Logf("node %s: the kubelet keeps dying (systemd restarted it %d times in 10s); %s journal lines say its certificate expired", n, after-before[n], expired)
 	}
 }
 
