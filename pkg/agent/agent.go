@@ -97,8 +97,8 @@ func (a *Agent) Handle(ctx context.Context, req api.Request) api.Result {
 		res.Backups, err = a.listBackups()
 	case api.DiscardPending:
 		err = a.discardPending(req)
-	case api.Recover:
-		err = a.recover(req)
+	case api.RestoreInterrupted:
+		err = a.restoreInterrupted(req)
 	case api.RecoverRenew:
 		res.Renew, err = a.recoverRenew(req)
 	case api.RecoverRestart:

@@ -192,8 +192,8 @@ func (a *Agent) restoreContext() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), a.Timeout)
 }
 
-// recover restores a transaction whose agent died, if any.
-func (a *Agent) recover(req api.Request) error {
+// restoreInterrupted restores a transaction whose agent died, if any.
+func (a *Agent) restoreInterrupted(req api.Request) error {
 	t, err := a.lockTxn(req)
 	if err != nil {
 		return err

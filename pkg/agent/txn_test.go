@@ -123,7 +123,7 @@ func TestInterruptedTransactionIsRestoredFirst(t *testing.T) {
 	must(t, tx.write(pki.File{Path: "etc/kubernetes/pki/apiserver.key", Data: []byte("written"), Mode: 0o600}))
 	tx.lock.unlock() // the process died: the kernel drops its lock, nothing else happens
 
-	res := a.Handle(context.Background(), request(api.Recover))
+	res := a.Handle(context.Background(), request(api.RestoreInterrupted))
 	if res.Outcome != api.Restored || !strings.Contains(res.Error, "had been interrupted") {
 		t.Fatalf("%s: %s", res.Outcome, res.Error)
 	}

@@ -51,9 +51,9 @@ const (
 	// DiscardPending removes the keys KubeletCSR left for a request that
 	// will not be installed (its signing failed).
 	DiscardPending Action = "discard-pending"
-	// Recover takes the node's lock and restores a transaction whose agent
+	// RestoreInterrupted takes the node's lock and restores a transaction whose agent
 	// died, if there is one; it changes nothing else.
-	Recover Action = "recover"
+	RestoreInterrupted Action = "restore-interrupted"
 	// RecoverRenew (recover, on a control plane) renews, as one
 	// transaction, every certificate and kubeconfig --all renews, creates
 	// what the static pods reference but is missing (front-proxy CA and
@@ -101,7 +101,7 @@ const (
 	Running Outcome = "running"
 	// Lost: the action's process ended without filing a result (killed).
 	// A transaction it had begun is restored by the node's next one; the
-	// plugin asks for that at once (Recover).
+	// plugin asks for that at once (RestoreInterrupted).
 	Lost Outcome = "lost"
 )
 

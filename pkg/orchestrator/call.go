@@ -120,7 +120,7 @@ func (r *Runner) change(ctx context.Context, ap agentPod, req api.Request) (*api
 	if errors.As(err, &ae) && ae.Outcome == api.Lost {
 		// The action's process died: have the node restore its
 		// transaction now rather than at its next one.
-		if rec, rerr := r.call(r.drain(), ap, api.Request{Action: api.Recover}); rerr != nil && rec != nil {
+		if rec, rerr := r.call(r.drain(), ap, api.Request{Action: api.RestoreInterrupted}); rerr != nil && rec != nil {
 			r.logf("node %s: %s", ap.node, rec.Error)
 		}
 	}
