@@ -98,6 +98,7 @@ func TestBench(t *testing.T) {
 		t.Run(s.key, func(t *testing.T) {
 			run := runCluster(t, s)
 			run.Summaries = report.Summarize(run)
+			report.TrimRequests(run) // the waits between methods: no figure uses them
 			writeJSON(t, filepath.Join(outDir, s.key+".json"), run)
 			for _, sum := range run.Summaries {
 				logf("%s %s: %d/%d failed, longest gap %.2fs, wall %.1fs, p99 %.0f->%.0f ms, elections %d, restarts %v",

@@ -4,7 +4,11 @@ package bench
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"net"
+	"net/http/httptrace"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -31,15 +35,17 @@ const (
 // ConfigMap and a merge PATCH of one of its keys, each in its own goroutine
 // with loadTimeout and no client-side retry, through one client-go
 // clientset (HTTP/2, as kubectl and controllers talk to the API), and
-// records every outcome.
+// records every outcome, with the kube-apiserver that served it (by the
+// serial of the certificate its connection was handed) and the connection.
 type loadClient struct {
-	t0     time.Time
-	client atomic.Pointer[kubernetes.Clientset]
-	mu     sync.Mutex
-	reqs   []report.Request
-	quit   chan struct{}
-	done   chan struct{}
-	wg     sync.WaitGroup
+	t0      time.Time
+	client  atomic.Pointer[kubernetes.Clientset]
+	mu      sync.Mutex
+	reqs    []report.Request
+	serials []string // by Request.Server
+	quit    chan struct{}
+	done    chan struct{}
+	wg      sync.WaitGroup
 }
 
 func loadConfig(cfg *rest.Config) *rest.Config {
@@ -105,6 +111,20 @@ func (l *loadClient) one(i int) {
 	rc := l.client.Load().CoreV1().RESTClient()
 	ctx, cancel := context.WithTimeout(context.Background(), loadTimeout)
 	defer cancel()
+	var connMu sync.Mutex
+	serial, port := "", 0
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		connMu.Lock()
+		defer connMu.Unlock()
+		if a, ok := info.Conn.LocalAddr().(*net.TCPAddr); ok {
+			port = a.Port
+		}
+		if tc, ok := info.Conn.(*tls.Conn); ok {
+			if st := tc.ConnectionState(); len(st.PeerCertificates) > 0 {
+				serial = st.PeerCertificates[0].SerialNumber.String()
+			}
+		}
+	}})
 	start := time.Now()
 	var res rest.Result
 	if write {
@@ -116,25 +136,36 @@ func (l *loadClient) one(i int) {
 	lat := time.Since(start)
 	var code int
 	res.StatusCode(&code)
-	r := report.Request{Start: start.Sub(l.t0).Seconds(), Latency: lat.Seconds(), Write: write, Code: code}
+	r := report.Request{Start: start.Sub(l.t0).Seconds(), Latency: lat.Seconds(), Write: write, Code: code, Server: -1}
 	if err := res.Error(); err != nil {
 		r.Err = err.Error()
 	} else if code < 200 || code > 299 {
 		r.Err = fmt.Sprintf("HTTP %d", code)
 	}
+	connMu.Lock()
+	r.Conn = port
+	connMu.Unlock()
 	l.mu.Lock()
+	defer l.mu.Unlock()
+	if serial != "" {
+		r.Server = slices.Index(l.serials, serial)
+		if r.Server < 0 {
+			r.Server = len(l.serials)
+			l.serials = append(l.serials, serial)
+		}
+	}
 	l.reqs = append(l.reqs, r)
-	l.mu.Unlock()
 }
 
-// stop waits for the requests in flight and returns them all, by start.
-func (l *loadClient) stop() []report.Request {
+// stop waits for the requests in flight and returns them all, by start,
+// and the serials of the servers they name.
+func (l *loadClient) stop() ([]report.Request, []string) {
 	close(l.quit)
 	<-l.done
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	sort.Slice(l.reqs, func(i, j int) bool { return l.reqs[i].Start < l.reqs[j].Start })
-	return l.reqs
+	return l.reqs, l.serials
 }
 
 // since returns the requests started after t (seconds since t0), so far.

@@ -24,7 +24,8 @@ import (
 // the raft term (maintenance status through etcd's gRPC gateway, with the
 // healthcheck client certificate); and, while an agent container runs on
 // the node, its cgroup's memory.max_usage_in_bytes, which it then resets,
-// so that each value is the peak since the previous line.
+// so that each value is the peak since the previous line, with the
+// cgroup's total_rss and total_cache at that moment.
 const samplerScript = `set -u
 role=$1 stop=$2 max=$3
 rm -f "$stop"
@@ -61,7 +62,11 @@ while [[ ! -e $stop ]] && ((EPOCHSECONDS < end)); do
 	if [[ -n $cg ]]; then
 		if m=$(cat "$cg/memory.max_usage_in_bytes" 2>/dev/null); then
 			echo 0 >"$cg/memory.max_usage_in_bytes" 2>/dev/null
-			line+=" agent=$agent,$m"
+			rss=0 cache=0
+			while read -r k v; do
+				case $k in total_rss) rss=$v ;; total_cache) cache=$v ;; esac
+			done <"$cg/memory.stat" 2>/dev/null
+			line+=" agent=$agent,$m,$rss,$cache"
 		else
 			cg= agent=
 		fi
@@ -152,10 +157,19 @@ func (s *sampler) trace(t0 time.Time) (report.NodeTrace, error) {
 				set("etcd-leader", t, leader)
 				set("etcd-term", t, term)
 			case "agent":
-				id, bytesStr, _ := strings.Cut(v, ",")
-				b, err := strconv.ParseUint(bytesStr, 10, 64)
+				f := strings.Split(v, ",")
+				if len(f) != 4 {
+					continue
+				}
+				var n [3]uint64
+				var err error
+				for i := range n {
+					if n[i], err = strconv.ParseUint(f[i+1], 10, 64); err != nil {
+						break
+					}
+				}
 				if err == nil {
-					tr.AgentMem = append(tr.AgentMem, report.MemSample{T: t, Container: id, Bytes: b})
+					tr.AgentMem = append(tr.AgentMem, report.MemSample{T: t, Container: f[0], Bytes: n[0], RSS: n[1], Cache: n[2]})
 				}
 			default:
 				set(k, t, v)

@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/pki"
 	"github.com/rotate-certs/kubectl-rotate-certs/test/bench/report"
 	"github.com/rotate-certs/kubectl-rotate-certs/test/e2e/framework"
 )
@@ -37,6 +38,9 @@ type session struct {
 	rec      *report.Run
 	load     *loadClient
 	samplers []*sampler
+	// serialNode maps every apiserver.crt serial seen on a control plane
+	// to that node, to name the server of each request.
+	serialNode map[string]string
 }
 
 func newSession(ctx context.Context, t *testing.T, c *framework.Cluster, spec clusterSpec) (*session, error) {
@@ -48,7 +52,7 @@ func newSession(ctx context.Context, t *testing.T, c *framework.Cluster, spec cl
 	if err != nil {
 		return nil, err
 	}
-	s := &session{t: t, c: c, client: client, config: cfg, cps: cps, workers: ws, t0: time.Now()}
+	s := &session{t: t, c: c, client: client, config: cfg, cps: cps, workers: ws, t0: time.Now(), serialNode: map[string]string{}}
 	run := &report.Run{Schema: report.Schema, T0: s.t0, Env: hostEnv(ctx)}
 	run.Cluster = report.ClusterInfo{
 		Key: spec.key, Name: c.Name(), ControlPlanes: spec.controlPlanes, Workers: spec.workers,
@@ -134,6 +138,7 @@ func (s *session) run(ctx context.Context) *report.Run {
 		time.Sleep(baseline)
 		m.Baseline.To = s.now()
 		m.Before = s.processes(ctx)
+		s.serials(ctx)
 		if st, err := s.etcdCluster(ctx); err == nil {
 			m.Etcd.TermBefore, m.Etcd.LeaderBefore = st.term, st.leader
 		}
@@ -148,6 +153,8 @@ func (s *session) run(ctx context.Context) *report.Run {
 		total, failed := s.load.since(m.Start)
 		logf("%s: %s done in %.1fs (all Ready at %.1fs); %d/%d requests failed so far", s.c.Name(), mm.title, m.End-m.Start, m.ReadyAt-m.Start, failed, total)
 		m.After = s.processes(ctx)
+		s.serials(ctx)
+		m.Exited = s.exited(ctx, m.Start, m.ReadyAt)
 		if st, err := s.etcdCluster(ctx); err == nil {
 			m.Etcd.TermAfter, m.Etcd.LeaderAfter = st.term, st.leader
 		}
@@ -157,7 +164,12 @@ func (s *session) run(ctx context.Context) *report.Run {
 	}
 	// A little tail, so the last method's aftermath is on record.
 	time.Sleep(10 * time.Second)
-	s.rec.Requests = load.stop()
+	s.serials(ctx)
+	var serials []string
+	s.rec.Requests, serials = load.stop()
+	for _, sn := range serials {
+		s.rec.Servers = append(s.rec.Servers, report.Server{Serial: sn, Node: s.serialNode[sn]})
+	}
 	s.rec.LoadAvg = la.stop()
 	for _, sp := range s.samplers {
 		sp.stop()
@@ -354,6 +366,75 @@ func (s *session) containersStarted(ctx context.Context, from, to float64) []rep
 			if t >= from && t <= to {
 				out = append(out, report.ContainerStart{Node: n, Component: c.Metadata.Name, ID: c.ID[:min(12, len(c.ID))], Created: t, Attempt: c.Metadata.Attempt})
 			}
+		}
+	}
+	return out
+}
+
+// serials records the serial of every control plane's apiserver.crt.
+func (s *session) serials(ctx context.Context) {
+	for _, n := range s.cps {
+		out, err := s.c.Exec(ctx, n, nil, "cat", "/etc/kubernetes/pki/apiserver.crt")
+		if err != nil {
+			continue
+		}
+		if c, err := pki.ParseCertificatePEM(out); err == nil {
+			s.serialNode[c.SerialNumber.String()] = n
+		}
+	}
+}
+
+// exited lists the static-pod containers created in [from, to] that had
+// exited by now, with their exit and the end of their logs.
+func (s *session) exited(ctx context.Context, from, to float64) []report.Exited {
+	var out []report.Exited
+	for _, n := range s.cps {
+		raw, err := s.c.Exec(ctx, n, nil, "crictl", "ps", "-a", "--state", "exited", "-o", "json")
+		if err != nil {
+			continue
+		}
+		var list struct {
+			Containers []struct {
+				ID       string `json:"id"`
+				Metadata struct {
+					Name string `json:"name"`
+				} `json:"metadata"`
+				CreatedAt string `json:"createdAt"`
+			} `json:"containers"`
+		}
+		if json.Unmarshal(raw, &list) != nil {
+			continue
+		}
+		for _, c := range list.Containers {
+			ns, err := strconv.ParseInt(c.CreatedAt, 10, 64)
+			if err != nil || !slices.Contains(staticPods, c.Metadata.Name) {
+				continue
+			}
+			created := s.rel(time.Unix(0, ns))
+			if created < from || created > to {
+				continue
+			}
+			e := report.Exited{Node: n, Component: c.Metadata.Name, ID: c.ID[:min(12, len(c.ID))], Created: created}
+			if raw, err := s.c.Exec(ctx, n, nil, "crictl", "inspect", "-o", "json", c.ID); err == nil {
+				var st struct {
+					Status struct {
+						ExitCode   int       `json:"exitCode"`
+						Reason     string    `json:"reason"`
+						FinishedAt time.Time `json:"finishedAt"`
+					} `json:"status"`
+				}
+				if json.Unmarshal(raw, &st) == nil {
+					e.ExitCode, e.Reason, e.Finished = st.Status.ExitCode, st.Status.Reason, s.rel(st.Status.FinishedAt)
+				}
+			}
+			// crictl logs writes the container's stderr to its own stderr.
+			if logs, err := s.c.Exec(ctx, n, nil, "sh", "-c", "crictl logs --tail 4 "+c.ID+" 2>&1"); err == nil {
+				e.Log = strings.TrimSpace(string(logs))
+				if len(e.Log) > 1200 {
+					e.Log = e.Log[len(e.Log)-1200:]
+				}
+			}
+			out = append(out, e)
 		}
 	}
 	return out

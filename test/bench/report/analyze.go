@@ -60,22 +60,27 @@ type Stats struct {
 	LongestGap Gap     `json:"longestGap"`
 }
 
-// AgentPeak is the agents' highest memory in one action, per role.
+// AgentPeak is the agents' highest memory in one action, per role: the
+// cgroup's peak (RSS and page cache), and the highest RSS sampled.
 type AgentPeak struct {
 	Action string `json:"action"`
 	Role   string `json:"role"` // "control plane" or "worker"
 	Bytes  uint64 `json:"bytes"`
+	RSS    uint64 `json:"rss"`
 	Node   string `json:"node"`
 }
 
 // Burst is a run of failed requests less than a second apart.
 type Burst struct {
-	From    float64        `json:"from"`
-	To      float64        `json:"to"`
-	Count   int            `json:"count"`
-	Writes  int            `json:"writes"`
-	Errors  map[string]int `json:"errors"`
-	Context string         `json:"context"`
+	From   float64        `json:"from"`
+	To     float64        `json:"to"`
+	Count  int            `json:"count"`
+	Writes int            `json:"writes"`
+	Errors map[string]int `json:"errors"`
+	// ServedBy counts the failed requests by the node whose kube-apiserver
+	// had their connection ("none": no connection was made).
+	ServedBy map[string]int `json:"servedBy"`
+	Context  string         `json:"context"`
 }
 
 // WindowStats computes the figures of the requests started in [from, to].
@@ -254,47 +259,46 @@ type Restart struct {
 }
 
 // PIDChanges lists the times a component's process was replaced in
-// [from, to]: a change point that shows a PID the previous running value
-// did not have. From is when the old process was last seen alone (the
-// start of a period without any, if there was one), To when the old
-// processes were all gone and a new one ran.
+// [from, to]: the sampler saw a set of PIDs that shares none with the last
+// stable one. From is the first change point after the old set was last
+// seen alone (the start of a period without any process, or of old and new
+// running side by side), To when only new processes ran. A process that
+// appears beside the old one and goes again (a fork before an exec, say)
+// is no replacement.
 func PIDChanges(n *NodeTrace, comp string, from, to float64) []Restart {
 	var out []Restart
 	cs := n.Changes[comp]
-	prev := -1 // index of the previous running value
+	stable := -1 // index of the last value that had no PID the old set lacked
 	for i, c := range cs {
 		if c.V == "0" || c.V == "" {
 			continue
 		}
-		if prev >= 0 {
-			old, cur := pidSet(cs[prev].V), pidSet(c.V)
-			fresh := false
-			for p := range cur {
-				if !old[p] {
-					fresh = true
-				}
-			}
-			if fresh {
-				r := Restart{Component: comp, From: c.T, To: c.T, Old: cs[prev].V, New: c.V}
-				if prev < i-1 {
-					r.From = cs[prev+1].T // it stopped running then
-				}
-				// The old process may still be draining: until it is gone.
-				for j := i; j < len(cs) && !disjoint(old, pidSet(cs[j].V)); j++ {
-					if j+1 < len(cs) {
-						r.To = cs[j+1].T
-					} else {
-						r.To = n.Last
-					}
-				}
-				if r.To >= from && r.From <= to {
-					out = append(out, r)
-				}
-			}
+		if stable < 0 {
+			stable = i
+			continue
 		}
-		prev = i
+		old, cur := pidSet(cs[stable].V), pidSet(c.V)
+		switch {
+		case disjoint(old, cur):
+			r := Restart{Component: comp, From: cs[stable+1].T, To: c.T, Old: cs[stable].V, New: c.V}
+			if r.To >= from && r.From <= to {
+				out = append(out, r)
+			}
+			stable = i
+		case subset(cur, old):
+			stable = i
+		}
 	}
 	return out
+}
+
+func subset(a, b map[string]bool) bool {
+	for k := range a {
+		if !b[k] {
+			return false
+		}
+	}
+	return true
 }
 
 func pidSet(v string) map[string]bool {
@@ -470,19 +474,21 @@ func agentPeaks(run *Run, m *Method) []AgentPeak {
 			if cp[n.Name] {
 				role = "control plane"
 			}
+			add := func(action string) {
+				k := [2]string{action, role}
+				p := peaks[k]
+				if s.Bytes > p.Bytes {
+					p.Action, p.Role, p.Bytes, p.Node = action, role, s.Bytes, n.Name
+				}
+				p.RSS = max(p.RSS, s.RSS)
+				peaks[k] = p
+			}
 			for _, a := range actions {
-				if a.Node != n.Name || a.To < from || a.From > s.T {
-					continue
-				}
-				k := [2]string{a.Name, role}
-				if s.Bytes > peaks[k].Bytes {
-					peaks[k] = AgentPeak{Action: a.Name, Role: role, Bytes: s.Bytes, Node: n.Name}
+				if a.Node == n.Name && a.To >= from && a.From <= s.T {
+					add(a.Name)
 				}
 			}
-			k := [2]string{"whole run", role}
-			if s.Bytes > peaks[k].Bytes {
-				peaks[k] = AgentPeak{Action: "whole run", Role: role, Bytes: s.Bytes, Node: n.Name}
-			}
+			add("whole run")
 		}
 	}
 	var out []AgentPeak
@@ -507,22 +513,25 @@ func bursts(run *Run, m *Method, end float64) []Burst {
 		if r.OK() || r.Start < m.Start || r.Start > end {
 			continue
 		}
-		if n := len(out); n > 0 && r.Start-out[n-1].To < 1 {
-			b := &out[n-1]
-			b.To = r.Start
-			b.Count++
-			if r.Write {
-				b.Writes++
-			}
-			b.Errors[shortErr(r.Err)]++
-			continue
+		if n := len(out); n == 0 || r.Start-out[n-1].To >= 1 {
+			out = append(out, Burst{From: r.Start, To: r.Start, Errors: map[string]int{}, ServedBy: map[string]int{},
+				Context: Context(run, m, r.Start, r.End())})
 		}
-		b := Burst{From: r.Start, To: r.Start, Count: 1, Errors: map[string]int{shortErr(r.Err): 1}}
+		b := &out[len(out)-1]
+		b.To = r.Start
+		b.Count++
 		if r.Write {
-			b.Writes = 1
+			b.Writes++
 		}
-		b.Context = Context(run, m, r.Start, r.End())
-		out = append(out, b)
+		b.Errors[shortErr(r.Err)]++
+		srv := run.ServerNode(r.Server)
+		if srv == "" {
+			srv = "none"
+			if r.Server >= 0 {
+				srv = "unknown"
+			}
+		}
+		b.ServedBy[srv]++
 	}
 	return out
 }
@@ -589,4 +598,29 @@ func dedupe(s []string) []string {
 func Term(v string) uint64 {
 	t, _ := strconv.ParseUint(v, 10, 64)
 	return t
+}
+
+// KeptMargin is how much load is kept around each method's baseline and
+// window when a run is written.
+const KeptMargin = 15.0
+
+// TrimRequests drops the requests that no figure uses: those outside every
+// method's [baseline start, end] widened by KeptMargin (the waits between
+// methods). Summaries must be computed before or after alike.
+func TrimRequests(run *Run) {
+	keep := func(t float64) bool {
+		for _, m := range run.Methods {
+			if t >= m.Baseline.From-KeptMargin && t <= math.Max(m.ReadyAt, m.End)+KeptMargin {
+				return true
+			}
+		}
+		return false
+	}
+	var out []Request
+	for _, r := range run.Requests {
+		if keep(r.Start) {
+			out = append(out, r)
+		}
+	}
+	run.Requests = out
 }

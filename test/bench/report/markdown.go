@@ -246,7 +246,7 @@ func writeRun(b *strings.Builder, r *Run) {
 	}
 	if failures {
 		p("Where requests failed (runs of failures less than 1 s apart; times in seconds since the method's start; what each node was doing then):\n\n")
-		p("| method | from – to (s) | failed (writes) | errors | nodes at that moment |\n|---|---|---|---|---|\n")
+		p("| method | from – to (s) | failed (writes) | served by | errors | nodes at that moment |\n|---|---|---|---|---|---|\n")
 		for _, s := range sums {
 			m := method(r, s.Method)
 			for _, bu := range s.FailureBursts {
@@ -255,10 +255,29 @@ func writeRun(b *strings.Builder, r *Run) {
 					errs = append(errs, fmt.Sprintf("%d× %s", n, escape(e)))
 				}
 				sort.Strings(errs)
-				p("| %s | %.2f – %.2f | %d (%d) | %s | %s |\n", s.Title, bu.From-m.Start, bu.To-m.Start, bu.Count, bu.Writes, strings.Join(errs, "<br>"), escape(bu.Context))
+				var by []string
+				for n, c := range bu.ServedBy {
+					by = append(by, fmt.Sprintf("%s %d", shortNode(n), c))
+				}
+				sort.Strings(by)
+				p("| %s | %.2f – %.2f | %d (%d) | %s | %s | %s |\n", s.Title, bu.From-m.Start, bu.To-m.Start, bu.Count, bu.Writes, strings.Join(by, ", "), strings.Join(errs, "<br>"), escape(bu.Context))
 			}
 		}
 		p("\n")
+	}
+	var exited []string
+	for i := range r.Methods {
+		m := &r.Methods[i]
+		for _, e := range m.Exited {
+			if e.Finished <= math.Max(m.ReadyAt, m.End) && e.Finished-e.Created < 120 {
+				exited = append(exited, fmt.Sprintf("| %s | %s | %s | %.1f – %.1f | %d %s | %s |", m.Title, shortNode(e.Node), e.Component,
+					e.Created-m.Start, e.Finished-m.Start, e.ExitCode, e.Reason, escape(strings.ReplaceAll(e.Log, "\n", "<br>"))))
+			}
+		}
+	}
+	if len(exited) > 0 {
+		p("Control-plane containers started during a method that exited again before it ended (crictl; the end of their log):\n\n")
+		p("| method | node | component | ran (s) | exit | log |\n|---|---|---|---|---|---|\n%s\n\n", strings.Join(exited, "\n"))
 	}
 	p("Phases per node (seconds since the method's start):\n\n")
 	p("| method | node | phases |\n|---|---|---|\n")
@@ -296,9 +315,11 @@ func writeFootprint(b *strings.Builder, runs []*Run, fp *Footprint) {
 		p("| agent image `%s` | %.1f MiB (%d bytes, `docker image inspect`) |\n", fp.AgentImage, float64(fp.AgentImageBytes)/(1<<20), fp.AgentImageBytes)
 		p("\n")
 	}
-	p("Agent peak memory per action (`memory.max_usage_in_bytes` of the agent container's cgroup: RSS and page cache;\n")
-	p("each sample covers about 0.5 s, so a short action also shows what its neighbours used; *inspect* is the pod's\n")
-	p("start, the inspection and the wait for its node's turn):\n\n")
+	p("Agent peak memory per action: `memory.max_usage_in_bytes` of the agent container's cgroup (RSS and page cache,\n")
+	p("which includes the agent binary's own pages when this container read them first), and in brackets the highest\n")
+	p("`total_rss` sampled (`memory.stat`). Each sample covers about 0.5 s, so a short action also shows what its\n")
+	p("neighbours used; *inspect* is the pod's start, the inspection and the wait for its node's turn; every action\n")
+	p("is a process exec'd beside the pod's `agent serve`:\n\n")
 	p("| cluster | method | action | control plane | worker |\n|---|---|---|---|---|\n")
 	for _, r := range runs {
 		sums := r.Summaries
@@ -315,7 +336,7 @@ func writeFootprint(b *strings.Builder, runs []*Run, fp *Footprint) {
 				if !slices.Contains(actions, a.Action) {
 					actions = append(actions, a.Action)
 				}
-				cell[[2]string{a.Action, a.Role}] = fmt.Sprintf("%.1f MiB", float64(a.Bytes)/(1<<20))
+				cell[[2]string{a.Action, a.Role}] = fmt.Sprintf("%.1f MiB (%.1f)", float64(a.Bytes)/(1<<20), float64(a.RSS)/(1<<20))
 			}
 			for _, a := range actions {
 				cp, w := cell[[2]string{a, "control plane"}], cell[[2]string{a, "worker"}]

@@ -62,19 +62,19 @@ func TestWindowStats(t *testing.T) {
 }
 
 func TestRequestJSON(t *testing.T) {
-	in := []Request{{Start: 1.23456, Latency: 0.0123, Write: true, Code: 200}, {Start: 2, Latency: 10, Err: "context deadline exceeded"}}
+	in := []Request{{Start: 1.23456, Latency: 0.0123, Write: true, Code: 200, Server: 1, Conn: 40000}, {Start: 2, Latency: 10, Server: -1, Err: "context deadline exceeded"}}
 	data, err := json.Marshal(in)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := string(data); got != `[[1.2346,0.0123,1,200],[2,10,0,0,"context deadline exceeded"]]` {
+	if got := string(data); got != `[[1.2346,0.0123,1,200,1,40000],[2,10,0,0,-1,0,"context deadline exceeded"]]` {
 		t.Errorf("json %s", got)
 	}
 	var out []Request
 	if err := json.Unmarshal(data, &out); err != nil {
 		t.Fatal(err)
 	}
-	if !out[0].Write || out[0].Code != 200 || !out[0].OK() || out[1].OK() || out[1].Err != "context deadline exceeded" {
+	if !out[0].Write || out[0].Code != 200 || out[0].Server != 1 || out[0].Conn != 40000 || out[1].Server != -1 || !out[0].OK() || out[1].OK() || out[1].Err != "context deadline exceeded" {
 		t.Errorf("round trip: %+v", out)
 	}
 }
@@ -88,7 +88,8 @@ func TestPIDChanges(t *testing.T) {
 		// killed at ~10 (gone from 10 to 12), then a graceful replacement
 		// where old and new overlap from 30 to 31.
 		"kube-apiserver": {{0, "100"}, {10, "0"}, {12, "200"}, {30, "200,300"}, {31, "300"}},
-		"kubelet":        {{0, "50"}, {40, "60"}},
+		// a fork of the kubelet seen before its exec is no restart
+		"kubelet": {{0, "50"}, {20, "50,55"}, {20.5, "50"}, {40, "60"}},
 	})
 	rs := PIDChanges(&n, "kube-apiserver", 0, 100)
 	if len(rs) != 2 {
@@ -186,13 +187,13 @@ func sampleRun() *Run {
 		},
 		LoadAvg: []Point{{50, 3}, {110, 5}, {150, 7}},
 	}
-	r.Nodes[0].AgentMem = []MemSample{{T: 101, Bytes: 10 << 20}, {T: 102.5, Bytes: 30 << 20}, {T: 125, Bytes: 20 << 20}}
+	r.Nodes[0].AgentMem = []MemSample{{T: 101, Bytes: 10 << 20, RSS: 5 << 20}, {T: 102.5, Bytes: 30 << 20, RSS: 8 << 20}, {T: 125, Bytes: 20 << 20, RSS: 9 << 20}}
 	r.Nodes[1].AgentMem = []MemSample{{T: 129, Bytes: 15 << 20}}
 	for i := 0; i < 3000; i++ {
 		t := float64(i) * 0.05
 		req := Request{Start: t, Latency: 0.01, Write: i%2 == 1, Code: 200}
 		if t > 12.1 && t < 36 {
-			req = Request{Start: t, Latency: 0.001, Err: `Get "https://127.0.0.1:40000/api": dial tcp 127.0.0.1:40000: connect: connection refused`}
+			req = Request{Start: t, Latency: 0.001, Server: -1, Err: `Get "https://127.0.0.1:40000/api": dial tcp 127.0.0.1:40000: connect: connection refused`}
 		}
 		r.Requests = append(r.Requests, req)
 	}
@@ -212,6 +213,9 @@ func TestSummarize(t *testing.T) {
 	if e := man.FailureBursts[0].Errors; len(e) != 1 {
 		t.Errorf("errors not grouped: %v", e)
 	}
+	if by := man.FailureBursts[0].ServedBy; by["none"] != man.Failed {
+		t.Errorf("served by %v", by)
+	}
 	if plug.Failed != 0 || plug.Restarts["kube-scheduler"] != 1 || plug.Restarts["kubelet"] != 2 || plug.Restarts["rotate-certs-agent"] != 0 {
 		t.Errorf("plugin: %d failed, restarts %v", plug.Failed, plug.Restarts)
 	}
@@ -221,9 +225,29 @@ func TestSummarize(t *testing.T) {
 	peaks := map[string]uint64{}
 	for _, p := range plug.AgentPeaks {
 		peaks[p.Action+"/"+p.Role] = p.Bytes
+		if p.Action == "whole run" && p.Role == "control plane" && p.RSS != 9<<20 {
+			t.Errorf("whole run RSS %d", p.RSS)
+		}
 	}
 	if peaks["renew/control plane"] != 30<<20 || peaks["inspect/control plane"] != 30<<20 || peaks["kubelet-install/worker"] != 15<<20 || peaks["whole run/control plane"] != 30<<20 {
 		t.Errorf("agent peaks %v", peaks)
+	}
+}
+
+func TestTrimRequestsKeepsTheFigures(t *testing.T) {
+	r := sampleRun()
+	r.Methods[1].Baseline = Window{From: 70, To: 100} // a wait from 38 to 70
+	before := Summarize(r)
+	n := len(r.Requests)
+	TrimRequests(r)
+	if len(r.Requests) >= n {
+		t.Fatalf("kept %d of %d requests", len(r.Requests), n)
+	}
+	after := Summarize(r)
+	for i := range before {
+		if before[i].Failed != after[i].Failed || before[i].Requests != after[i].Requests || before[i].During != after[i].During || before[i].Baseline != after[i].Baseline {
+			t.Errorf("%s: figures changed: %+v -> %+v", before[i].Method, before[i], after[i])
+		}
 	}
 }
 

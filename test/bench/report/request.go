@@ -6,14 +6,15 @@ import (
 	"math"
 )
 
-// MarshalJSON writes a request as [start, latency, write, code, error]:
-// times rounded to 0.1 ms, the error only when there is one.
+// MarshalJSON writes a request as [start, latency, write, code, server,
+// connection, error]: times rounded to 0.1 ms, the error only when there is
+// one.
 func (r Request) MarshalJSON() ([]byte, error) {
 	w := 0
 	if r.Write {
 		w = 1
 	}
-	v := []any{round(r.Start, 4), round(r.Latency, 4), w, r.Code}
+	v := []any{round(r.Start, 4), round(r.Latency, 4), w, r.Code, r.Server, r.Conn}
 	if r.Err != "" {
 		v = append(v, r.Err)
 	}
@@ -26,19 +27,19 @@ func (r *Request) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &v); err != nil {
 		return err
 	}
-	if len(v) < 4 || len(v) > 5 {
-		return fmt.Errorf("request: want 4 or 5 fields, got %d", len(v))
+	if len(v) < 6 || len(v) > 7 {
+		return fmt.Errorf("request: want 6 or 7 fields, got %d", len(v))
 	}
 	var w int
-	for i, dst := range []any{&r.Start, &r.Latency, &w, &r.Code} {
+	for i, dst := range []any{&r.Start, &r.Latency, &w, &r.Code, &r.Server, &r.Conn} {
 		if err := json.Unmarshal(v[i], dst); err != nil {
 			return fmt.Errorf("request field %d: %w", i, err)
 		}
 	}
 	r.Write = w == 1
 	r.Err = ""
-	if len(v) == 5 {
-		if err := json.Unmarshal(v[4], &r.Err); err != nil {
+	if len(v) == 7 {
+		if err := json.Unmarshal(v[6], &r.Err); err != nil {
 			return fmt.Errorf("request error: %w", err)
 		}
 	}

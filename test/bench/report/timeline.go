@@ -199,7 +199,7 @@ func writeTimeline(w io.Writer, run *Run, newCanvas func(w, h vg.Length) vg.Canv
 	top := dc.Max.Y - legend
 	for i := 0; i < len(grid); i += 2 {
 		sub := draw.Canvas{Canvas: dc.Canvas, Rectangle: vg.Rectangle{
-			Min: vg.Point{X: dc.Min.X, Y: top - rowHeight - rateHeight},
+			Min: vg.Point{X: dc.Min.X + vg.Points(6), Y: top - rowHeight - rateHeight},
 			Max: vg.Point{X: dc.Max.X, Y: top},
 		}}
 		top -= rowHeight + rateHeight

@@ -11,7 +11,7 @@ package report
 import "time"
 
 // Schema is the version of the JSON layout.
-const Schema = 1
+const Schema = 2
 
 // Method keys, in the order they run on each cluster.
 const (
@@ -29,8 +29,12 @@ type Run struct {
 	Env     Env         `json:"env"`
 	Load    LoadInfo    `json:"load"`
 	Methods []Method    `json:"methods"`
-	// Requests are every request of the load client, in start order.
+	// Requests are the load client's requests, in start order (those in
+	// the waits between methods are dropped: TrimRequests).
 	Requests []Request `json:"requests"`
+	// Servers are the kube-apiservers the load client's connections reached,
+	// by the serial of the serving certificate each presented.
+	Servers []Server `json:"servers"`
 	// Nodes are what the node-side samplers saw, as change points.
 	Nodes []NodeTrace `json:"nodes"`
 	// LoadAvg is the host's 1-minute load average, sampled.
@@ -56,6 +60,22 @@ type ClusterInfo struct {
 	Server string `json:"server"`
 	// LoadBalancer names the image behind Server on HA.
 	LoadBalancer string `json:"loadBalancer,omitempty"`
+}
+
+// Server is a kube-apiserver as the load client saw it.
+type Server struct {
+	Serial string `json:"serial"`
+	// Node is the control plane whose apiserver.crt had that serial
+	// (empty if none did when the harness looked).
+	Node string `json:"node"`
+}
+
+// ServerNode is the node that served a request ("" if unknown).
+func (r *Run) ServerNode(i int) string {
+	if i < 0 || i >= len(r.Servers) {
+		return ""
+	}
+	return r.Servers[i].Node
 }
 
 // NodeInfo is one node.
@@ -100,14 +120,20 @@ type Point struct {
 }
 
 // Request is one request of the load client: [start, latency (s), op
-// (0 GET, 1 PATCH), HTTP status (0: none), error (empty when it succeeded)].
-// It is stored as a JSON array to keep the files small.
+// (0 GET, 1 PATCH), HTTP status (0: none), server (index in Run.Servers,
+// -1: no connection), connection (the client's local port, 0: none), error
+// (empty when it succeeded)]. It is stored as a JSON array to keep the
+// files small.
 type Request struct {
 	Start   float64
 	Latency float64
 	Write   bool
 	Code    int
-	Err     string
+	// Server is the kube-apiserver that served the request's connection,
+	// known by the serial of the certificate it presented.
+	Server int
+	Conn   int
+	Err    string
 }
 
 // OK tells whether the request succeeded.
@@ -143,6 +169,10 @@ type Method struct {
 	Started []ContainerStart `json:"started"`
 	// Etcd is the cluster's raft term and leader around the method.
 	Etcd EtcdObs `json:"etcd"`
+	// Exited are the control-plane containers created during the method
+	// that had exited when it ended (a crash after a restart), with the
+	// end of their logs.
+	Exited []Exited `json:"exited,omitempty"`
 	// Notes say what the harness did beyond the command.
 	Notes []string `json:"notes,omitempty"`
 }
@@ -169,6 +199,18 @@ type ContainerStart struct {
 	ID        string  `json:"id"`
 	Created   float64 `json:"created"`
 	Attempt   int     `json:"attempt"`
+}
+
+// Exited is a container that ended.
+type Exited struct {
+	Node      string  `json:"node"`
+	Component string  `json:"component"`
+	ID        string  `json:"id"`
+	Created   float64 `json:"created"`
+	Finished  float64 `json:"finished"`
+	ExitCode  int     `json:"exitCode"`
+	Reason    string  `json:"reason"`
+	Log       string  `json:"log"`
 }
 
 // EtcdObs is what etcd's maintenance status said before and after a method.
@@ -203,11 +245,15 @@ type Change struct {
 	V string  `json:"v"`
 }
 
-// MemSample is an agent container's peak memory over (previous sample, T].
+// MemSample is an agent container's peak memory over (previous sample, T]
+// (memory.max_usage_in_bytes: RSS and page cache), and its memory.stat
+// total_rss and total_cache at T.
 type MemSample struct {
 	T         float64 `json:"t"`
 	Container string  `json:"container"`
 	Bytes     uint64  `json:"bytes"`
+	RSS       uint64  `json:"rss"`
+	Cache     uint64  `json:"cache"`
 }
 
 // Footprint is what does not need a cluster: sizes and the simulated rollout.
