@@ -246,7 +246,7 @@ func writeRun(b *strings.Builder, r *Run) {
 	}
 	if failures {
 		p("Where requests failed (runs of failures less than 1 s apart; times in seconds since the method's start; what each node was doing then):\n\n")
-		p("| method | from – to (s) | failed (writes) | served by | errors | nodes at that moment |\n|---|---|---|---|---|---|\n")
+		p("| method | from – to (s) | clock (UTC) | failed (writes) | served by | errors | nodes at that moment |\n|---|---|---|---|---|---|---|\n")
 		for _, s := range sums {
 			m := method(r, s.Method)
 			for _, bu := range s.FailureBursts {
@@ -260,7 +260,8 @@ func writeRun(b *strings.Builder, r *Run) {
 					by = append(by, fmt.Sprintf("%s %d", shortNode(n), c))
 				}
 				sort.Strings(by)
-				p("| %s | %.2f – %.2f | %d (%d) | %s | %s | %s |\n", s.Title, bu.From-m.Start, bu.To-m.Start, bu.Count, bu.Writes, strings.Join(by, ", "), strings.Join(errs, "<br>"), escape(bu.Context))
+				clock := r.T0.Add(time.Duration(bu.From * float64(time.Second))).UTC().Format("15:04:05.0")
+				p("| %s | %.2f – %.2f | %s | %d (%d) | %s | %s | %s |\n", s.Title, bu.From-m.Start, bu.To-m.Start, clock, bu.Count, bu.Writes, strings.Join(by, ", "), strings.Join(errs, "<br>"), escape(bu.Context))
 			}
 		}
 		p("\n")
