@@ -5,7 +5,7 @@ VERSION ?= $(shell hack/version.sh)
 LDFLAGS := -s -w -buildid= -X github.com/rotate-certs/kubectl-rotate-certs/pkg/version.Version=$(VERSION)
 BIN := bin/kubectl-rotate_certs
 
-.PHONY: build test test-unit fuzz e2e e2e-oldest e2e-matrix demo image dist test-krew lint vet clean
+.PHONY: build test test-unit fuzz e2e e2e-oldest e2e-matrix bench demo image dist test-krew lint vet clean
 
 build:
 	CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/kubectl-rotate_certs
@@ -23,6 +23,7 @@ test:
 vet:
 	go vet ./...
 	go vet -tags e2e ./test/...
+	go vet -tags bench ./test/...
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed: $$bad"; exit 1; fi
 
 test-unit:
@@ -44,6 +45,12 @@ e2e-oldest:
 # every supported version, with a table of the results.
 e2e-matrix:
 	VERSION=$(VERSION) hack/e2e-matrix.sh
+
+# Rotation against kubeadm's manual procedure on kind (1+2 and 3+1 nodes, under API
+# load), the footprint and the 10/100/1000-worker simulation: writes docs/benchmarks.md,
+# docs/benchmarks/*.json and the HA timeline SVG. Not part of make test (~35 min).
+bench:
+	VERSION=$(VERSION) hack/bench.sh
 
 demo:
 	VERSION=$(VERSION) hack/demo.sh
