@@ -101,7 +101,7 @@ func (a *Agent) settle(ctx context.Context, l layout, asked, changed map[pki.Ser
 		}
 	}
 	if asked[pki.ServiceEtcd] && !l.externalEtcd && l.controlPlane {
-		if err := a.settleEtcd(ctx, restartAll, serials, changed[pki.ServiceEtcd], res); err != nil {
+		if err := a.settleEtcd(ctx, restartAll, graceful, serials, changed[pki.ServiceEtcd], res); err != nil {
 			return err
 		}
 	}
@@ -121,22 +121,31 @@ func (a *Agent) settle(ctx context.Context, l layout, asked, changed map[pki.Ser
 }
 
 // restartIfAsked reads a component's manifest and, with restart, stops it
-// with SIGKILL and waits until it is healthy again. SIGKILL, like
-// `crictl stop`: kube-apiserver's SIGTERM waits up to --request-timeout for
-// watches (60 s of outage measured) and etcd's ~7 s, against ~4 s and ~2.6 s;
-// etcd's WAL makes a kill safe.
-func (a *Agent) restartIfAsked(ctx context.Context, name string, restart bool, res *api.RenewResult) (*staticPod, error) {
+// with sig and waits until it is healthy again. SIGKILL, like `crictl stop`,
+// is the fast way: kube-apiserver's SIGTERM waits up to --request-timeout
+// for watches (60 s of outage measured) and etcd's ~7 s, against ~4 s and
+// ~2.6 s; etcd's WAL makes a kill safe.
+func (a *Agent) restartIfAsked(ctx context.Context, name string, restart bool, sig syscall.Signal, res *api.RenewResult) (*staticPod, error) {
 	sp, err := readStaticPod(a.Root, name)
 	if err != nil || !restart {
 		return sp, err
 	}
-	return sp, a.restartPod(ctx, sp, syscall.SIGKILL, res)
+	return sp, a.restartPod(ctx, sp, sig, res)
 }
 
 // settleEtcd restarts etcd if asked, then proves it serves the new server
-// and peer certificates (etcd reads them on every handshake).
-func (a *Agent) settleEtcd(ctx context.Context, restart bool, serials map[string]string, changed bool, res *api.RenewResult) error {
-	sp, err := a.restartIfAsked(ctx, "etcd", restart, res)
+// and peer certificates (etcd reads them on every handshake). With other
+// members (graceful), etcd is stopped with SIGTERM: a leader hands its
+// leadership to a caught-up follower before it exits, where a killed one
+// leaves the cluster without a leader until an election, and writes time
+// out meanwhile ("request timed out, possibly due to previous leader
+// failure", measured in docs/benchmarks.md).
+func (a *Agent) settleEtcd(ctx context.Context, restart, graceful bool, serials map[string]string, changed bool, res *api.RenewResult) error {
+	sig := syscall.SIGKILL
+	if graceful {
+		sig = syscall.SIGTERM
+	}
+	sp, err := a.restartIfAsked(ctx, "etcd", restart, sig, res)
 	if err != nil || !changed {
 		return err
 	}
@@ -224,7 +233,7 @@ func (a *Agent) apiserverAddr(sp *staticPod) string {
 // settleAPIServer restarts kube-apiserver if asked, then proves it serves
 // the new serving certificate (it watches its files and reloads).
 func (a *Agent) settleAPIServer(ctx context.Context, restart bool, serials map[string]string, changed bool, res *api.RenewResult) error {
-	sp, err := a.restartIfAsked(ctx, "kube-apiserver", restart, res)
+	sp, err := a.restartIfAsked(ctx, "kube-apiserver", restart, syscall.SIGKILL, res)
 	if err != nil || !changed {
 		return err
 	}

@@ -432,8 +432,8 @@ func TestServeWaitsForRunningActionsAndEndsWhenIdle(t *testing.T) {
 
 // With other control planes behind a load balancer, --restart=all first
 // drains kube-apiserver (SIGTERM: it stops accepting connections, so the
-// load balancer sends them elsewhere), then restarts etcd, then
-// kube-apiserver.
+// load balancer sends them elsewhere), then stops etcd gracefully (a leader
+// hands over its leadership), then kills kube-apiserver.
 func TestRenewRestartAllDrainsTheAPIServerFirst(t *testing.T) {
 	f := newFakeNode(t, "cp-1", pkitest.ECDSA, nil)
 	req := request(api.Renew, cpServices...)
@@ -442,7 +442,7 @@ func TestRenewRestartAllDrainsTheAPIServerFirst(t *testing.T) {
 	if res.Outcome != api.Done {
 		t.Fatalf("%s: %s", res.Outcome, res.Error)
 	}
-	want := []string{"kube-apiserver terminated", "etcd killed", "kube-apiserver killed"}
+	want := []string{"kube-apiserver terminated", "etcd terminated", "kube-apiserver killed"}
 	if got := strings.Join(f.signals[:3], ", "); got != strings.Join(want, ", ") {
 		t.Errorf("signals %v, want first %v", f.signals, want)
 	}
