@@ -17,7 +17,9 @@
 # v1.37.2); ROTATE_CERTS_BENCH_CLUSTERS (default "single,ha");
 # ROTATE_CERTS_BENCH_BASELINE (default 60s, the quiet period before each
 # method); ROTATE_CERTS_BENCH_KEEP=1 keeps the clusters;
-# ROTATE_CERTS_BENCH_SKIP_FOOTPRINT=1 skips the footprint;
+# ROTATE_CERTS_BENCH_SKIP_FOOTPRINT=1 skips the footprint; ROTATE_CERTS_BENCH_METHODS
+# (default "manual,plugin,plugin-restart-all") selects methods; ROTATE_CERTS_BENCH_OUT
+# (default docs/benchmarks) receives the JSON;
 # ROTATE_CERTS_E2E_CLUSTER_PREFIX (default rc-bench-) prefixes cluster names.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -33,6 +33,9 @@ var (
 	outDir = envOr("ROTATE_CERTS_BENCH_OUT", "../../docs/benchmarks")
 	// clusters to run: single (1 control plane + 2 workers), ha (3 + 1).
 	clusterKeys = envOr("ROTATE_CERTS_BENCH_CLUSTERS", "single,ha")
+	// methodKeys selects methods (default all, in order), e.g. to measure
+	// one again after a change.
+	methodKeys = envOr("ROTATE_CERTS_BENCH_METHODS", strings.Join([]string{report.Manual, report.Plugin, report.PluginRestartAll}, ","))
 	// baseline is the quiet period recorded before each method.
 	baseline = envDuration("ROTATE_CERTS_BENCH_BASELINE", 60*time.Second)
 	// backoffWait: after a method restarted control-plane containers and not

@@ -124,6 +124,9 @@ func (s *session) run(ctx context.Context) *report.Run {
 	}
 	var backoffUntil time.Time
 	for _, mm := range methods {
+		if !strings.Contains(","+methodKeys+",", ","+mm.key+",") {
+			continue
+		}
 		m := report.Method{Key: mm.key, Title: mm.title, Command: mm.command}
 		if d := time.Until(backoffUntil); d > 0 {
 			logf("%s: waiting %s: the previous method restarted control-plane containers and not the kubelet", s.c.Name(), d.Round(time.Second))
