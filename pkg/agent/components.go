@@ -256,26 +256,32 @@ func onlyProcess(procDir, name string) (process, error) {
 // and for the component's health endpoint. Stopping the process instead of
 // editing the manifest keeps the outage to seconds (see docs: reload.md).
 func (a *Agent) restartStatic(ctx context.Context, sp *staticPod, sig syscall.Signal) (oldPID, newPID int, err error) {
-	procDir, timeout := a.ProcDir, a.Timeout
-	old, err := onlyProcess(procDir, sp.name)
+	old, err := onlyProcess(a.ProcDir, sp.name)
 	if err != nil {
 		return 0, 0, err
 	}
 	if err := a.Signal(old.pid, sig); err != nil {
 		return old.pid, 0, fmt.Errorf("signalling %s (pid %d): %w", sp.name, old.pid, err)
 	}
+	newPID, err = a.awaitNewProcess(ctx, sp, old)
+	return old.pid, newPID, err
+}
+
+// awaitNewProcess waits until the static pod runs a process other than old
+// (none, if old is the zero process) and its health endpoint answers.
+func (a *Agent) awaitNewProcess(ctx context.Context, sp *staticPod, old process) (int, error) {
 	u, err := sp.healthURL()
 	if err != nil {
-		return old.pid, 0, err
+		return 0, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithTimeout(ctx, a.Timeout)
 	defer cancel()
 	var last error
 	for {
-		ps, err := findProcesses(procDir, sp.name)
-		if err == nil && len(ps) == 1 && ps[0].pid != old.pid {
+		ps, err := findProcesses(a.ProcDir, sp.name)
+		if err == nil && len(ps) == 1 && ps[0] != old {
 			if last = a.healthy(ctx, u); last == nil {
-				return old.pid, ps[0].pid, nil
+				return ps[0].pid, nil
 			}
 		} else if err != nil {
 			last = err
@@ -284,7 +290,7 @@ func (a *Agent) restartStatic(ctx context.Context, sp *staticPod, sig syscall.Si
 		}
 		select {
 		case <-ctx.Done():
-			return old.pid, 0, fmt.Errorf("%s did not come back healthy within %s: %v", sp.name, timeout, last)
+			return 0, fmt.Errorf("%s did not come back healthy within %s: %v", sp.name, a.Timeout, last)
 		case <-time.After(500 * time.Millisecond):
 		}
 	}

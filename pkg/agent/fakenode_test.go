@@ -42,6 +42,9 @@ type fakeNode struct {
 	api     *http.Server
 	// signals records "name SIGNAL" for every signal a component got.
 	signals []string
+	// onAPIServerDown, if set, runs when kube-apiserver is signalled (what
+	// its clients do when it goes away).
+	onAPIServerDown func()
 
 	mu sync.Mutex
 	// apiRejects makes the API server answer 401 to every client.
@@ -155,6 +158,9 @@ func (f *fakeNode) signalled(name string, sig syscall.Signal) (restart bool) {
 	f.signals = append(f.signals, name+" "+sig.String())
 	api := f.api
 	f.mu.Unlock()
+	if name == "kube-apiserver" && f.onAPIServerDown != nil {
+		f.onAPIServerDown()
+	}
 	if name == "kube-apiserver" && api != nil {
 		_ = api.Close()
 		if sig == syscall.SIGTERM {

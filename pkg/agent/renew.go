@@ -93,6 +93,13 @@ func (a *Agent) applyRenewals(ctx context.Context, req api.Request, l layout, p 
 // restarted when their files changed (SIGTERM: both exit in <0.2 s and the
 // scheduler hands its lease over at once; see reload.md).
 func (a *Agent) settle(ctx context.Context, l layout, asked, changed map[pki.Service]bool, serials map[string]string, restartAll, graceful bool, res *api.RenewResult) error {
+	// The files are written: a process started after this has read them.
+	written := map[pki.Service]process{}
+	for _, s := range []pki.Service{pki.ServiceControllerManager, pki.ServiceScheduler} {
+		if p, err := onlyProcess(a.ProcDir, string(s)); err == nil && changed[s] {
+			written[s] = p
+		}
+	}
 	if restartAll && graceful && asked[pki.ServiceAPIServer] && l.controlPlane {
 		// Out of the load balancer's rotation before it, or the etcd it
 		// talks to, goes down.
@@ -112,11 +119,34 @@ func (a *Agent) settle(ctx context.Context, l layout, asked, changed map[pki.Ser
 	}
 	for _, s := range []pki.Service{pki.ServiceControllerManager, pki.ServiceScheduler} {
 		if changed[s] {
-			if err := a.restart(ctx, string(s), syscall.SIGTERM, res); err != nil {
+			if err := a.restartUnlessRestarted(ctx, string(s), written[s], res); err != nil {
 				return err
 			}
 		}
 	}
+	return nil
+}
+
+// restartUnlessRestarted restarts a component (SIGTERM) that still runs the
+// process it ran when its files were written (atWrite; the zero process
+// when that was not one process: then it is restarted, and must run as one
+// process now). One that restarted since, typically a leader that exited
+// when its kube-apiserver went away, has read the new files: signalling it
+// again would only put it into the kubelet's crash-loop back-off, so the
+// agent waits for it to be healthy instead.
+func (a *Agent) restartUnlessRestarted(ctx context.Context, name string, atWrite process, res *api.RenewResult) error {
+	if now, err := onlyProcess(a.ProcDir, name); atWrite == (process{}) || (err == nil && now == atWrite) {
+		return a.restart(ctx, name, syscall.SIGTERM, res)
+	}
+	sp, err := readStaticPod(a.Root, name)
+	if err != nil {
+		return err
+	}
+	pid, err := a.awaitNewProcess(ctx, sp, atWrite)
+	if err != nil {
+		return err
+	}
+	res.Verified = append(res.Verified, fmt.Sprintf("%s started again on its own after its files were written (pid %d), so it was not restarted", name, pid))
 	return nil
 }
 

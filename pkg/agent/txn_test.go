@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -455,5 +456,47 @@ func TestRenewRestartAllDrainsTheAPIServerFirst(t *testing.T) {
 	req.Graceful = false
 	if res := f2.agent().Handle(context.Background(), req); res.Outcome != api.Done || f2.signals[0] != "etcd killed" {
 		t.Errorf("%s %s, signals %v", res.Outcome, res.Error, f2.signals)
+	}
+}
+
+// A kube-controller-manager or kube-scheduler that held its leader lease
+// exits when its kube-apiserver goes away, and the kubelet starts it again:
+// that new process already read the new kubeconfig. Signalling it once more
+// would only put it into the kubelet's crash-loop back-off (10 s, then 20 s,
+// measured in docs/benchmarks.md), so the agent waits for it instead.
+func TestRenewRestartAllDoesNotRestartWhatRestartedOnItsOwn(t *testing.T) {
+	f := newFakeNode(t, "cp-1", pkitest.ECDSA, nil)
+	leaders := []string{"kube-controller-manager", "kube-scheduler"}
+	var once sync.Once
+	f.onAPIServerDown = func() {
+		once.Do(func() {
+			for _, c := range leaders {
+				must(t, f.proc.restart(c))
+			}
+		})
+	}
+	req := request(api.Renew, cpServices...)
+	req.Restart, req.Graceful = api.RestartAll, true
+	res := f.agent().Handle(context.Background(), req)
+	if res.Outcome != api.Done {
+		t.Fatalf("%s: %s", res.Outcome, res.Error)
+	}
+	for _, c := range leaders {
+		if n := f.restartsOf(c); n != 1 {
+			t.Errorf("%s started %d times, want once (on its own)", c, n)
+		}
+		for _, s := range f.signals {
+			if strings.HasPrefix(s, c+" ") {
+				t.Errorf("%s was signalled (%s) although it had started after the files were written", c, s)
+			}
+		}
+	}
+	if got := strings.Join(res.Renew.Verified, "\n"); !strings.Contains(got, "kube-scheduler started again on its own") {
+		t.Errorf("verified %v", res.Renew.Verified)
+	}
+	// One that did not restart on its own is still restarted.
+	f2 := newFakeNode(t, "cp-1", pkitest.ECDSA, nil)
+	if res := f2.agent().Handle(context.Background(), req); res.Outcome != api.Done || f2.restartsOf("kube-scheduler") != 1 {
+		t.Errorf("%s %s, kube-scheduler started %d times", res.Outcome, res.Error, f2.restartsOf("kube-scheduler"))
 	}
 }
