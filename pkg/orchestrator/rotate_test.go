@@ -522,3 +522,40 @@ func TestStatusReportsUnreachableNodes(t *testing.T) {
 		t.Errorf("%d agent pods left", n)
 	}
 }
+
+// A control plane's kubelet certificates are requested and signed before
+// its renewal restarts kube-controller-manager, the cluster's CSR signer: a
+// new instance signs only once it holds the leader lease, which the old one
+// does not release (15–24 s of every run, measured in docs/benchmarks.md).
+// They are installed after the renewal.
+func TestRotateSignsAControlPlanesKubeletCSRsBeforeRestartingTheSigner(t *testing.T) {
+	c := fakeCluster(t, []string{"cp-1"}, []string{"w-1"})
+	f := newFakeAgents(t, c)
+	if _, err := newTestRunner(c, f).Rotate(context.Background(), allOptions()); err != nil {
+		t.Fatal(err)
+	}
+	csr, renew, install := index(f.calls, "cp-1 kubelet-csr"), index(f.calls, "cp-1 renew"), index(f.calls, "cp-1 kubelet-install")
+	if csr < 0 || !(csr < renew && renew < install) {
+		t.Errorf("cp-1: kubelet-csr at %d, renew at %d, kubelet-install at %d; want that order: %v", csr, renew, install, f.calls)
+	}
+	if f.issued["cp-1"] == "" {
+		t.Fatalf("cp-1's kubelet certificate was not issued (%q)", f.issued["cp-1"])
+	}
+}
+
+// When the renewal fails after the kubelet's certificates were issued, the
+// keys made for them are removed from the node and nothing is installed.
+func TestRotateDiscardsTheKubeletKeysWhenTheControlPlaneRenewalFails(t *testing.T) {
+	c := fakeCluster(t, []string{"cp-1"}, []string{"w-1"})
+	f := newFakeAgents(t, c)
+	f.failAction["cp-1"] = api.Renew
+	if _, err := newTestRunner(c, f).Rotate(context.Background(), allOptions()); err == nil {
+		t.Fatal("the rotation succeeded although cp-1's renewal failed")
+	}
+	if got := f.callsOf(api.KubeletInstall); len(got) > 0 {
+		t.Errorf("kubelet installed on %v after a failed renewal", got)
+	}
+	if csr := index(f.calls, "cp-1 kubelet-csr"); csr >= 0 && index(f.calls, "cp-1 discard-pending") < 0 {
+		t.Errorf("cp-1's kubelet keys were left on the node: %v", f.calls)
+	}
+}
