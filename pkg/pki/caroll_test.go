@@ -290,6 +290,9 @@ func TestMergeCABundles(t *testing.T) {
 	// A re-issued copy of the old CA (same key) is the same CA: the one that
 	// expires last takes the first copy's place.
 	later := reissued(t, r.old, 2*tenYears)
+	if !pki.SameCA(later, r.old.Cert) || pki.SameCA(r.nu.Cert, r.old.Cert) {
+		t.Error("SameCA: a re-issued CA is the same CA, its successor is not")
+	}
 	got, err = pki.MergeCABundles(both, pki.EncodeCertPEM(later))
 	must(t, err)
 	if want := append(pki.EncodeCertPEM(later), r.newPEM...); !bytes.Equal(got, want) {

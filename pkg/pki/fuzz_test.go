@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/pki"
@@ -108,4 +110,31 @@ func checkOpened(t *testing.T, p *pki.HandoverPayload) {
 			t.Fatalf("accepted CA %s whose key does not belong to it", a.CA.Name)
 		}
 	}
+}
+
+// A static pod manifest is a file on the node: untrusted input. Whatever
+// the bytes, the split refuses or returns a manifest that splitting again
+// leaves as it is.
+func FuzzSplitControllerManagerSigner(f *testing.F) {
+	for name := range kubeadmManifests {
+		b, err := os.ReadFile(filepath.Join("testdata/kube-controller-manager", name))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte("spec: {containers: [{name: kube-controller-manager, command: [--cluster-signing-cert-file=/p/ca.crt, --cluster-signing-key-file=/p/ca.key], volumeMounts: [{name: v, mountPath: /p}]}], volumes: [{name: v, hostPath: {path: /h}}]}"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, err := pki.SplitControllerManagerSigner(data)
+		if err != nil {
+			return
+		}
+		if s.Changed == bytes.Equal(s.Manifest, data) {
+			t.Fatalf("changed=%v but the manifest is %s", s.Changed, map[bool]string{true: "the same", false: "different"}[!s.Changed])
+		}
+		again, err := pki.SplitControllerManagerSigner(s.Manifest)
+		if err != nil || again.Changed || !bytes.Equal(again.Manifest, s.Manifest) || again.CertFile != s.CertFile || again.KeyFile != s.KeyFile {
+			t.Fatalf("splitting the split manifest again: %v %+v", err, again)
+		}
+	})
 }

@@ -220,6 +220,9 @@ func decodeHandoverPayload(data []byte) (*HandoverPayload, error) {
 // The result is what the plugin relays: a version byte, HPKE's encapsulated
 // key and the ciphertext.
 func SealHandover(receiverPublicKey []byte, b HandoverBinding, p *HandoverPayload) ([]byte, error) {
+	if p == nil {
+		return nil, fmt.Errorf("%w: no payload", ErrHandoverRefused)
+	}
 	if _, err := p.Authorities(); err != nil {
 		return nil, err
 	}
@@ -286,7 +289,7 @@ func (r *HandoverReceiver) PublicKey() []byte { return bytes.Clone(r.pub) }
 // Open fails.
 func (r *HandoverReceiver) Open(b HandoverBinding, sealed []byte) (*HandoverPayload, error) {
 	if r.key == nil {
-		return nil, fmt.Errorf("%w: this receiver already opened its hand-over; start a new one", ErrHandoverRefused)
+		return nil, fmt.Errorf("%w: this receiver has no private key (it already opened its hand-over, or NewHandoverReceiver did not make it); start a new one", ErrHandoverRefused)
 	}
 	if len(sealed) > MaxHandoverMessage {
 		return nil, fmt.Errorf("%w: %d bytes, more than the %d a hand-over may have", ErrHandoverRefused, len(sealed), MaxHandoverMessage)
@@ -315,6 +318,9 @@ func (r *HandoverReceiver) Open(b HandoverBinding, sealed []byte) (*HandoverPayl
 }
 
 func (r *HandoverReceiver) String() string {
+	if len(r.pub) < 9 {
+		return "HandoverReceiver(no key)"
+	}
 	return fmt.Sprintf("HandoverReceiver(public key %x...)", r.pub[1:9])
 }
 

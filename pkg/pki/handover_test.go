@@ -92,6 +92,8 @@ func TestHandoverRoundTrip(t *testing.T) {
 			// One hand-over per receiver: its key is gone.
 			_, err = r.Open(binding, sealed)
 			refused(t, "second open", err, "already opened")
+			_, err = (&pki.HandoverReceiver{}).Open(binding, sealed)
+			refused(t, "a receiver NewHandoverReceiver did not make", err, "no private key")
 		})
 	}
 }
@@ -139,7 +141,7 @@ func TestHandoverRefusesAnotherReceiverOrBinding(t *testing.T) {
 	other, err := pki.NewHandoverReceiver()
 	must(t, err)
 	_, err = other.Open(binding, sealed)
-	refused(t, "another receiver's key", err, "does not open")
+	refused(t, "another receiver's key", err, `does not open with this receiver's key for run "run-1" from "cp-1" to "cp-2"`)
 	for name, b := range map[string]pki.HandoverBinding{
 		"wrong run id":    {RunID: "run-2", Sender: "cp-1", Receiver: "cp-2"},
 		"wrong receiver":  {RunID: "run-1", Sender: "cp-1", Receiver: "cp-3"},
@@ -184,6 +186,8 @@ func TestHandoverRefusesTruncatedOversizedOrOtherVersions(t *testing.T) {
 	v2[0] = 2
 	_, err = r.Open(binding, v2)
 	refused(t, "version 2", err, "version 2")
+	_, err = pki.SealHandover(r.PublicKey(), binding, nil)
+	refused(t, "sealing no payload", err, "no payload")
 	_, err = pki.SealHandoverBytes(r.PublicKey(), binding, make([]byte, pki.MaxHandoverPayload+1))
 	refused(t, "sealing an oversized payload", err, "more than")
 	for name, pub := range map[string][]byte{"empty": nil, "short": r.PublicKey()[:100], "version 2": append([]byte{2}, r.PublicKey()[1:]...)} {
@@ -274,6 +278,12 @@ func TestHandoverReceiverIsNeverSerialised(t *testing.T) {
 	out = append(out, []byte(fmt.Sprintf("%#v", struct{ R *pki.HandoverReceiver }{r})))
 	if b, err := json.Marshal(r); err == nil {
 		t.Errorf("JSON: %s", b)
+	}
+	if b, err := r.MarshalText(); err == nil {
+		t.Errorf("text: %s", b)
+	}
+	if r.GoString() != r.String() || (&pki.HandoverReceiver{}).String() != "HandoverReceiver(no key)" {
+		t.Errorf("GoString %q, String %q", r.GoString(), r.String())
 	}
 	if b, err := yaml.Marshal(struct{ R *pki.HandoverReceiver }{r}); err == nil {
 		t.Errorf("YAML: %s", b)
