@@ -44,7 +44,7 @@ var CAKeyAlgorithms = []string{"RSA-2048", "RSA-3072", "RSA-4096", "ECDSA-P256",
 // NewKey generates a key of a named algorithm: one of CAKeyAlgorithms, in
 // kubeadm's spelling ("ECDSA-P384") or KeyAlgorithm's ("ECDSA-P-384").
 func NewKey(algorithm string) (crypto.Signer, error) {
-	switch strings.ReplaceAll(strings.ToUpper(strings.TrimSpace(algorithm)), "P-", "P") {
+	switch normalKeyAlgorithm(algorithm) {
 	case "RSA-2048":
 		return rsa.GenerateKey(rand.Reader, 2048)
 	case "RSA-3072":
@@ -122,11 +122,16 @@ func NewCALike(current *Authority, algorithm string, validity time.Duration, now
 
 func isCAKeyAlgorithm(name string) bool {
 	for _, a := range CAKeyAlgorithms {
-		if strings.EqualFold(strings.ReplaceAll(name, "P-", "P"), a) {
+		if normalKeyAlgorithm(name) == a {
 			return true
 		}
 	}
 	return false
+}
+
+// normalKeyAlgorithm spells an algorithm name as CAKeyAlgorithms does.
+func normalKeyAlgorithm(name string) string {
+	return strings.ReplaceAll(strings.ToUpper(strings.TrimSpace(name)), "P-", "P")
 }
 
 // Bundles. A trust bundle (ca.crt, a kubeconfig's certificate-authority-data,

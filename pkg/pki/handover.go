@@ -100,6 +100,7 @@ func (b HandoverBinding) info() ([]byte, error) {
 	return out, nil
 }
 
+// String names the binding, for errors.
 func (b HandoverBinding) String() string {
 	return fmt.Sprintf("run %q from %q to %q", b.RunID, b.Sender, b.Receiver)
 }
@@ -122,6 +123,9 @@ type HandoverCA struct {
 func NewHandoverPayload(cas ...*Authority) (*HandoverPayload, error) {
 	p := &HandoverPayload{Version: handoverVersion}
 	for _, a := range cas {
+		if a == nil || a.Cert == nil || a.Key == nil {
+			return nil, fmt.Errorf("%w: a CA without its certificate or key", ErrHandoverRefused)
+		}
 		keyPEM, err := EncodeKeyPEM(a.Key)
 		if err != nil {
 			return nil, fmt.Errorf("CA %s: %w", a.CA.Name, err)

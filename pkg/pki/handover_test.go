@@ -261,6 +261,9 @@ func TestHandoverRefusesBadPayloads(t *testing.T) {
 	if _, err := pki.NewHandoverPayload(&mixed); !errors.Is(err, pki.ErrHandoverRefused) {
 		t.Errorf("payload with a key of another CA: %v", err)
 	}
+	if _, err := pki.NewHandoverPayload(cas[0], nil); !errors.Is(err, pki.ErrHandoverRefused) {
+		t.Errorf("payload with a nil CA: %v", err)
+	}
 }
 
 func TestHandoverReceiverIsNeverSerialised(t *testing.T) {

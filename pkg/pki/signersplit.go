@@ -12,8 +12,9 @@ import (
 )
 
 // kube-controller-manager reads --cluster-signing-cert-file as exactly one
-// certificate (the one it signs CSRs with) and refuses to start on a bundle
-// (kubernetes/kubeadm#1350), while kubeadm points that flag at ca.crt, the
+// certificate, the one it signs CSRs with (its CSR signer's caProvider
+// wants "1 certificate" and a tls.X509KeyPair with the key), and refuses a
+// bundle (kubernetes/kubeadm#1350). kubeadm points that flag at ca.crt, the
 // file a CA rotation turns into an old+new bundle. Before ca.crt becomes a
 // bundle, the signer therefore gets files of its own: ca-signer.crt and
 // ca-signer.key next to ca.crt. kubeadm has no name for such a file (#1350
@@ -23,7 +24,10 @@ import (
 // k8s-certs hostPath volume already mounts into the pod. --root-ca-file
 // (published as every namespace's kube-root-ca.crt) and --client-ca-file
 // (which authenticates clients of the controller-manager's own port, read
-// as a bundle) keep pointing at ca.crt: both must carry old and new CA.
+// into a certificate pool, so a bundle works) keep pointing at ca.crt: both
+// must carry old and new CA. The signer files are watched and reloaded
+// (dynamiccertificates), so switching the signer to the new CA later is a
+// rewrite of ca-signer.crt/.key.
 //
 // kubeadm regenerates the manifest on `kubeadm upgrade` and for a joining
 // control plane from its ClusterConfiguration: a rotation that splits the
