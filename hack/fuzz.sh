@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Runs every fuzz target of the parsers of node-supplied data (PEM,
 # kubeconfig, static pod manifests, the agent's JSON answer, certificate
-# requests) for FUZZTIME each (default 5s), starting from the seed corpus
-# committed in each package's testdata/fuzz. `make fuzz`; part of make test.
-# A failure leaves the failing input in that testdata/fuzz folder: commit it
-# with the fix.
+# requests, the CA key hand-over) for FUZZTIME each (default 5s), starting
+# from the seed corpus committed in each package's testdata/fuzz. `make
+# fuzz`; part of make test. A failure leaves the failing input in that
+# testdata/fuzz folder: commit it with the fix.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FUZZTIME=${FUZZTIME:-5s}

@@ -18,7 +18,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"sigs.k8s.io/yaml"
 
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/pki"
 )
@@ -37,23 +36,15 @@ func readStaticPod(root, name string) (*staticPod, error) {
 	if err != nil {
 		return nil, err
 	}
-	var pod corev1.Pod
-	if err := yaml.Unmarshal(data, &pod); err != nil {
+	pod, err := pki.ParseStaticPod(data)
+	if err != nil {
 		return nil, fmt.Errorf("/%s/%s.yaml: %w", pki.ManifestsDir, name, err)
 	}
-	if len(pod.Spec.Containers) == 0 {
-		return nil, fmt.Errorf("/%s/%s.yaml has no container", pki.ManifestsDir, name)
-	}
 	c := pod.Spec.Containers[0]
-	sp := &staticPod{name: name, flags: map[string]string{}, ports: map[string]int32{}}
+	sp := &staticPod{name: name, flags: pki.ContainerFlags(c), ports: map[string]int32{}}
 	for _, p := range c.Ports {
 		if p.Name != "" {
 			sp.ports[p.Name] = p.ContainerPort
-		}
-	}
-	for _, arg := range append(append([]string{}, c.Command...), c.Args...) {
-		if k, v, ok := strings.Cut(strings.TrimPrefix(arg, "--"), "="); ok && strings.HasPrefix(arg, "--") {
-			sp.flags[k] = v
 		}
 	}
 	for _, p := range []*corev1.Probe{c.ReadinessProbe, c.StartupProbe, c.LivenessProbe} {

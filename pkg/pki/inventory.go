@@ -1,5 +1,8 @@
 // Package pki knows the kubeadm certificate layout and renews its leaf
-// certificates with the CA already on disk. It is a pure library: it reads and
+// certificates with the CA already on disk; for CA rotation it makes
+// successor CAs and bundles (caroll.go), hands CA keys over encrypted
+// (handover.go) and splits kube-controller-manager's signer from ca.crt
+// (signersplit.go). It is a pure library: it reads and
 // writes only below a root directory it is given ("/host" in the agent pod, a
 // temp dir in tests) and never talks to the cluster.
 package pki
