@@ -203,6 +203,11 @@ type CertInfo struct {
 	SANs []string `json:"sans,omitempty"`
 	// Error says why the file could not be read.
 	Error string `json:"error,omitempty"`
+	// Issuer (CAStatusReport only) is the id of the CA, among the node's
+	// CA files, whose signature the certificate carries; "self-signed"
+	// for the kubelet's own serving certificate, "unknown" when no CA
+	// file of the node signed it.
+	Issuer string `json:"issuer,omitempty"`
 }
 
 // NodeError is a node whose certificates could not be read.
