@@ -48,7 +48,9 @@ type Access struct {
 	ControlPlane bool
 	// Kubelet: installs the kubelet's certificates in /var/lib/kubelet/pki
 	// (never all of /var/lib/kubelet, which holds every pod's secrets),
-	// reads its config.yaml and restarts it through systemd.
+	// reads its config.yaml and restarts it through systemd. A ReadOnly
+	// pod with Kubelet only reads its config.yaml (ca status: the
+	// kubelet's clientCAFile).
 	Kubelet bool
 }
 
@@ -83,10 +85,11 @@ func AgentPod(o PodSpecOptions) *corev1.Pod {
 		{"etc-kubernetes", "/etc/kubernetes", corev1.HostPathDirectory, !write},
 		{"kubelet-pki", "/var/lib/kubelet/pki", corev1.HostPathDirectory, !kubelet},
 	}
+	if o.Access.Kubelet {
+		mounts = append(mounts, hostPath{"kubelet-config", "/var/lib/kubelet/config.yaml", corev1.HostPathFile, true})
+	}
 	if kubelet {
-		mounts = append(mounts,
-			hostPath{"kubelet-config", "/var/lib/kubelet/config.yaml", corev1.HostPathFile, true},
-			hostPath{"run-systemd", "/run/systemd", corev1.HostPathDirectory, false})
+		mounts = append(mounts, hostPath{"run-systemd", "/run/systemd", corev1.HostPathDirectory, false})
 	}
 	command := []string{api.Binary, "agent", "serve", "--idle", o.Idle.String(), "--drain", o.Grace.String()}
 	pod := &corev1.Pod{
