@@ -18,22 +18,23 @@ import (
 // caFlag is a flag of a static pod that names a CA file.
 type caFlag struct {
 	component, flag string
-	signer          bool // the CA it signs with, not one it trusts
+	ca              pki.CA // the kubeadm CA it is meant to name
+	signer          bool   // the CA it signs with, not one it trusts
 }
 
 // caFlags are the CA files kubeadm's static pods are given. kube-controller-
 // manager's --cluster-signing-cert-file is the CA it issues certificates
 // (CSRs) with: a signer, not a trust point.
 var caFlags = []caFlag{
-	{"kube-apiserver", "client-ca-file", false},
-	{"kube-apiserver", "requestheader-client-ca-file", false},
-	{"kube-apiserver", "etcd-cafile", false},
-	{"etcd", "trusted-ca-file", false},
-	{"etcd", "peer-trusted-ca-file", false},
-	{"kube-controller-manager", "root-ca-file", false},
-	{"kube-controller-manager", "client-ca-file", false},
-	{"kube-controller-manager", "requestheader-client-ca-file", false},
-	{"kube-controller-manager", "cluster-signing-cert-file", true},
+	{"kube-apiserver", "client-ca-file", pki.ClusterCA, false},
+	{"kube-apiserver", "requestheader-client-ca-file", pki.FrontProxyCA, false},
+	{"kube-apiserver", "etcd-cafile", pki.EtcdCA, false},
+	{"etcd", "trusted-ca-file", pki.EtcdCA, false},
+	{"etcd", "peer-trusted-ca-file", pki.EtcdCA, false},
+	{"kube-controller-manager", "root-ca-file", pki.ClusterCA, false},
+	{"kube-controller-manager", "client-ca-file", pki.ClusterCA, false},
+	{"kube-controller-manager", "requestheader-client-ca-file", pki.FrontProxyCA, false},
+	{"kube-controller-manager", "cluster-signing-cert-file", pki.ClusterCA, true},
 }
 
 // kubeconfigReaders are the kubeconfigs kubeadm writes and who uses each:
@@ -73,7 +74,7 @@ func (a *Agent) readTrust(l layout) *trustReader {
 		if !expected && !pki.Exists(a.Root, ca.CertFile) {
 			continue
 		}
-		t.caFiles = append(t.caFiles, t.add(&t.points, "kubeadm", ca.Name, ca.CertFile)...)
+		t.caFiles = append(t.caFiles, t.add(&t.points, "kubeadm", ca.Name, ca, ca.CertFile)...)
 	}
 	t.manifests()
 	for _, k := range kubeconfigReaders {
@@ -87,10 +88,10 @@ func (a *Agent) readTrust(l layout) *trustReader {
 	return t
 }
 
-// add reads the CA bundle at rel as a trust point (or signer) of reader
-// and returns its certificates.
-func (t *trustReader) add(list *[]api.TrustPoint, reader, setting, rel string) []*x509.Certificate {
-	tp := api.TrustPoint{Path: "/" + rel, Reader: reader, Setting: setting}
+// add reads the CA bundle at rel as a trust point (or signer) of reader,
+// meant to hold kubeadm's CA ca, and returns its certificates.
+func (t *trustReader) add(list *[]api.TrustPoint, reader, setting string, ca pki.CA, rel string) []*x509.Certificate {
+	tp := api.TrustPoint{Path: "/" + rel, Reader: reader, Setting: setting, CA: ca.Name}
 	certs, err := pki.ReadCABundle(t.root, rel)
 	if err != nil {
 		tp.Error = readError(err, rel)
@@ -100,9 +101,9 @@ func (t *trustReader) add(list *[]api.TrustPoint, reader, setting, rel string) [
 	return certs
 }
 
-// fail records a trust point that could not be found.
-func (t *trustReader) fail(reader, setting, rel string, err error) {
-	t.points = append(t.points, api.TrustPoint{Path: "/" + rel, Reader: reader, Setting: setting, Error: err.Error()})
+// fail records a trust point that could not be read.
+func (t *trustReader) fail(reader, setting string, ca pki.CA, rel string, err error) {
+	t.points = append(t.points, api.TrustPoint{Path: "/" + rel, Reader: reader, Setting: setting, CA: ca.Name, Error: err.Error()})
 }
 
 // ids returns the ids of certs and records each CA once, with the earliest
@@ -145,7 +146,7 @@ func (t *trustReader) manifests() {
 			switch {
 			case errors.Is(err, pki.ErrMissing): // not on this node
 			case err != nil:
-				t.fail(f.component, "static pod manifest", pki.ManifestsDir+"/"+f.component+".yaml", err)
+				t.fail(f.component, "static pod manifest", f.ca, pki.ManifestsDir+"/"+f.component+".yaml", err)
 			}
 			pods[f.component] = sp
 		}
@@ -156,7 +157,7 @@ func (t *trustReader) manifests() {
 		if f.signer {
 			list = &t.signers
 		}
-		t.add(list, f.component, "--"+f.flag, hostPath("", sp.flags[f.flag]))
+		t.add(list, f.component, "--"+f.flag, f.ca, hostPath("", sp.flags[f.flag]))
 	}
 }
 
@@ -168,12 +169,12 @@ func (t *trustReader) kubeconfig(reader, rel string) {
 	setting := name + " certificate-authority-data"
 	data, err := pki.ReadFile(t.root, rel)
 	if err != nil {
-		t.fail(reader, setting, rel, err)
+		t.fail(reader, setting, pki.ClusterCA, rel, err)
 		return
 	}
 	cfg, err := clientcmd.Load(data)
 	if err != nil {
-		t.fail(reader, setting, rel, fmt.Errorf("/%s: not a valid kubeconfig: %w", rel, err))
+		t.fail(reader, setting, pki.ClusterCA, rel, fmt.Errorf("/%s: not a valid kubeconfig: %w", rel, err))
 		return
 	}
 	var cluster string
@@ -183,9 +184,9 @@ func (t *trustReader) kubeconfig(reader, rel string) {
 	c := cfg.Clusters[cluster]
 	switch {
 	case c == nil:
-		t.fail(reader, setting, rel, fmt.Errorf("/%s: no cluster for the current context %q", rel, cfg.CurrentContext))
+		t.fail(reader, setting, pki.ClusterCA, rel, fmt.Errorf("/%s: no cluster for the current context %q", rel, cfg.CurrentContext))
 	case len(c.CertificateAuthorityData) > 0:
-		tp := api.TrustPoint{Path: "/" + rel, Reader: reader, Setting: setting}
+		tp := api.TrustPoint{Path: "/" + rel, Reader: reader, Setting: setting, CA: pki.ClusterCA.Name}
 		certs, err := pki.ParseCABundle(c.CertificateAuthorityData)
 		if err != nil {
 			tp.Error = fmt.Sprintf("/%s: certificate-authority-data: %v", rel, err)
@@ -193,11 +194,11 @@ func (t *trustReader) kubeconfig(reader, rel string) {
 		tp.CAs = t.ids(certs)
 		t.points = append(t.points, tp)
 	case c.CertificateAuthority != "":
-		t.add(&t.points, reader, name+" certificate-authority", hostPath(path.Dir(rel), c.CertificateAuthority))
+		t.add(&t.points, reader, name+" certificate-authority", pki.ClusterCA, hostPath(path.Dir(rel), c.CertificateAuthority))
 	case c.InsecureSkipTLSVerify:
-		t.fail(reader, setting, rel, fmt.Errorf("/%s: insecure-skip-tls-verify: trusts any server", rel))
+		t.fail(reader, setting, pki.ClusterCA, rel, fmt.Errorf("/%s: insecure-skip-tls-verify: trusts any server", rel))
 	default:
-		t.fail(reader, setting, rel, fmt.Errorf("/%s: neither certificate-authority-data nor certificate-authority: trusts the system's CAs", rel))
+		t.fail(reader, setting, pki.ClusterCA, rel, fmt.Errorf("/%s: neither certificate-authority-data nor certificate-authority: trusts the system's CAs", rel))
 	}
 }
 
@@ -209,7 +210,7 @@ func (t *trustReader) kubeletClientCA() {
 	const setting = "clientCAFile"
 	data, err := pki.ReadFile(t.root, pki.KubeletConfigFile)
 	if err != nil {
-		t.fail("kubelet", setting, pki.KubeletConfigFile, err)
+		t.fail("kubelet", setting, pki.ClusterCA, pki.KubeletConfigFile, err)
 		return
 	}
 	var cfg struct {
@@ -220,15 +221,15 @@ func (t *trustReader) kubeletClientCA() {
 		} `json:"authentication"`
 	}
 	if err := yaml.Unmarshal(data, &cfg); err != nil {
-		t.fail("kubelet", setting, pki.KubeletConfigFile, fmt.Errorf("/%s: %w", pki.KubeletConfigFile, err))
+		t.fail("kubelet", setting, pki.ClusterCA, pki.KubeletConfigFile, fmt.Errorf("/%s: %w", pki.KubeletConfigFile, err))
 		return
 	}
 	file := cfg.Authentication.X509.ClientCAFile
 	if file == "" {
-		t.fail("kubelet", setting, pki.KubeletConfigFile, fmt.Errorf("/%s: no authentication.x509.clientCAFile: the kubelet accepts no client certificate", pki.KubeletConfigFile))
+		t.fail("kubelet", setting, pki.ClusterCA, pki.KubeletConfigFile, fmt.Errorf("/%s: no authentication.x509.clientCAFile: the kubelet accepts no client certificate", pki.KubeletConfigFile))
 		return
 	}
-	t.add(&t.points, "kubelet", setting, hostPath(path.Dir(pki.KubeletConfigFile), file))
+	t.add(&t.points, "kubelet", setting, pki.ClusterCA, hostPath(path.Dir(pki.KubeletConfigFile), file))
 }
 
 // hostPath turns a path a component was given into one relative to the

@@ -105,6 +105,11 @@ func TestTrustOfAKubeadmControlPlane(t *testing.T) {
 		t.Errorf("authorities %+v", in.Authorities)
 	}
 	byCA := map[string]string{pki.ClusterCA.Name: ca, pki.EtcdCA.Name: etcd, pki.FrontProxyCA.Name: fp}
+	for _, tp := range in.TrustPoints {
+		if strings.Join(tp.CAs, ",") != byCA[tp.CA] {
+			t.Errorf("%s %s is meant to hold CA %q (%s), holds %v", tp.Reader, tp.Setting, tp.CA, byCA[tp.CA], tp.CAs)
+		}
+	}
 	for _, c := range in.Certs {
 		want := byCA[c.CA]
 		if c.Name == "kubelet-serving" {

@@ -250,6 +250,9 @@ type TrustPoint struct {
 	// (admin.conf certificate-authority-data), the kubelet's clientCAFile,
 	// or the kubeadm CA name (ca, front-proxy-ca, etcd-ca).
 	Setting string `json:"setting"`
+	// CA is the kubeadm CA the file is meant to hold (ca, etcd-ca,
+	// front-proxy-ca): the trust points of one CA must agree.
+	CA string `json:"ca,omitempty"`
 	// CAs are the ids of the CAs the file holds, in its order.
 	CAs []string `json:"cas,omitempty"`
 	// Error says why the file could not be read as CA certificates.
