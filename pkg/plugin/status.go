@@ -175,8 +175,11 @@ func expires(c report.CertInfo) string {
 	case c.NotAfter == nil:
 		return "-"
 	}
-	return c.NotAfter.Format("Jan 02, 2006 15:04 MST")
+	return c.NotAfter.Format(expiryFormat)
 }
+
+// expiryFormat is how tables print an expiry.
+const expiryFormat = "Jan 02, 2006 15:04 MST"
 
 // residual prints time left as kubeadm does (apimachinery's
 // ShortHumanDuration: 364d, 9y, <invalid> once expired).
