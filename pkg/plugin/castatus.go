@@ -90,17 +90,22 @@ func (o *CAStatusOptions) Run(ctx context.Context) error {
 	} else {
 		printCAStatusTables(o.Out, rep)
 	}
-	return nodeErrors(rep.Errors)
+	return problemsError(nodeProblems(rep.Errors))
 }
 
-// nodeErrors fails a read-only command for the nodes it could not read.
-func nodeErrors(errs []report.NodeError) error {
-	if len(errs) == 0 {
-		return nil
-	}
+// nodeProblems are the nodes a read-only command could not read.
+func nodeProblems(errs []report.NodeError) []string {
 	var problems []string
 	for _, e := range errs {
 		problems = append(problems, fmt.Sprintf("node %s: %s", e.Node, e.Error))
+	}
+	return problems
+}
+
+// problemsError fails a read-only command that found problems.
+func problemsError(problems []string) error {
+	if len(problems) == 0 {
+		return nil
 	}
 	return fmt.Errorf("%d problem(s):\n  %s", len(problems), strings.Join(problems, "\n  "))
 }

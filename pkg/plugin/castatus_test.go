@@ -53,7 +53,8 @@ func TestCAStatusJSON(t *testing.T) {
 // A node that could not be read fails the command and the consistency.
 func TestCAStatusUnreadableNode(t *testing.T) {
 	rep := buildCAStatusReport([]orchestrator.NodeStatus{{Node: "w-1", Error: "the agent pod did not start within 5m0s"}})
-	if rep.Consistent || nodeErrors(rep.Errors) == nil || !strings.Contains(nodeErrors(rep.Errors).Error(), "node w-1: the agent pod did not start") {
+	err := problemsError(nodeProblems(rep.Errors))
+	if rep.Consistent || err == nil || !strings.Contains(err.Error(), "node w-1: the agent pod did not start") {
 		t.Errorf("%+v", rep)
 	}
 }

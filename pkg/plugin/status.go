@@ -112,10 +112,7 @@ func (o *StatusOptions) report(nodes []orchestrator.NodeStatus) error {
 	} else {
 		printStatusTables(o.Out, rep)
 	}
-	var problems []string
-	for _, e := range rep.Errors {
-		problems = append(problems, fmt.Sprintf("node %s: %s", e.Node, e.Error))
-	}
+	problems := nodeProblems(rep.Errors)
 	if o.warnWithin != "" {
 		for _, c := range append(append([]report.CertInfo{}, rep.Certificates...), rep.CertificateAuthorities...) {
 			if c.NotAfter != nil && time.Duration(c.ResidualSeconds)*time.Second < o.warn {
@@ -123,10 +120,7 @@ func (o *StatusOptions) report(nodes []orchestrator.NodeStatus) error {
 			}
 		}
 	}
-	if len(problems) > 0 {
-		return fmt.Errorf("%d problem(s):\n  %s", len(problems), strings.Join(problems, "\n  "))
-	}
-	return nil
+	return problemsError(problems)
 }
 
 func buildStatusReport(nodes []orchestrator.NodeStatus) *report.StatusReport {
