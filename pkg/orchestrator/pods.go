@@ -48,10 +48,11 @@ type Access struct {
 	ControlPlane bool
 	// Kubelet: installs the kubelet's certificates in /var/lib/kubelet/pki
 	// (never all of /var/lib/kubelet, which holds every pod's secrets),
-	// reads its config.yaml and restarts it through systemd. A ReadOnly
-	// pod with Kubelet only reads its config.yaml (ca status: the
-	// kubelet's clientCAFile).
+	// reads its config.yaml and restarts it through systemd.
 	Kubelet bool
+	// KubeletConfig: reads the kubelet's config.yaml (read-only), as
+	// ca status does for its clientCAFile. Kubelet implies it.
+	KubeletConfig bool
 }
 
 // PodSpecOptions shapes an agent pod.
@@ -85,7 +86,7 @@ func AgentPod(o PodSpecOptions) *corev1.Pod {
 		{"etc-kubernetes", "/etc/kubernetes", corev1.HostPathDirectory, !write},
 		{"kubelet-pki", "/var/lib/kubelet/pki", corev1.HostPathDirectory, !kubelet},
 	}
-	if o.Access.Kubelet {
+	if kubelet || o.Access.KubeletConfig {
 		mounts = append(mounts, hostPath{"kubelet-config", "/var/lib/kubelet/config.yaml", corev1.HostPathFile, true})
 	}
 	if kubelet {

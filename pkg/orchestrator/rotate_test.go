@@ -511,8 +511,12 @@ func TestAgentPodSpec(t *testing.T) {
 			t.Errorf("status pod mounts %s writable", path)
 		}
 	}
+	o.Access = Access{ReadOnly: true, Kubelet: true} // a dry run of the kubelet
+	if _, ok := mounts(AgentPod(o))["/host/var/lib/kubelet/config.yaml"]; ok {
+		t.Error("a dry run's pod mounts the kubelet's config.yaml")
+	}
 	// ca status reads the kubelet's clientCAFile: its config.yaml, read-only.
-	o.Access = Access{ReadOnly: true, Kubelet: true}
+	o.Access = Access{ReadOnly: true, KubeletConfig: true}
 	ro = AgentPod(o)
 	want = map[string]bool{"/host/etc/kubernetes": true, "/host/var/lib/kubelet/pki": true, "/host/var/lib/kubelet/config.yaml": true}
 	got = mounts(ro)

@@ -62,7 +62,7 @@ func (r *Runner) status(ctx context.Context, names []string, selector string, tr
 	if len(nodes) == 0 {
 		return unknown, nil
 	}
-	readOnly := func(*corev1.Node) Access { return Access{ReadOnly: true, Kubelet: trust} }
+	readOnly := func(*corev1.Node) Access { return Access{ReadOnly: true, KubeletConfig: trust} }
 	agents, startErrs := r.startAgents(ctx, nodes, runID, readOnly, 2*r.Timeout+5*time.Minute, fanout)
 	defer r.keepAlive(agents)()
 	out = make([]NodeStatus, len(nodes))
