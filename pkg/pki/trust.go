@@ -49,8 +49,10 @@ func ValidCAID(s string) bool {
 
 // ParseCABundle parses a PEM bundle of one or more CA certificates (what a
 // --client-ca-file or a kubeconfig's certificate-authority-data holds).
-// Anything that is not a CA certificate makes it an error: a trust point
-// that holds a leaf trusts nothing a verifier would use.
+// A certificate that is not a CA makes it an error: a trust point that
+// holds a leaf is not what its reader is meant to trust. PEM blocks of
+// other types are skipped, as client-go's certutil, which the components
+// load these files with, skips them.
 func ParseCABundle(data []byte) ([]*x509.Certificate, error) {
 	certs, err := certutil.ParseCertsPEM(data)
 	if err != nil {
