@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/api"
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/pki"
@@ -203,5 +204,38 @@ func TestTrustPointLinksStayBelowTheRoot(t *testing.T) {
 				t.Errorf("%s: read the CA outside the root", link)
 			}
 		}
+	}
+}
+
+// A kubeconfig may name its CA file instead of embedding it (relative to
+// its folder), or trust any server.
+func TestKubeconfigCAFiles(t *testing.T) {
+	n := pkitest.ControlPlane(t, t.TempDir(), "cp-1", pkitest.ECDSA)
+	kubeadmTrust(t, n.Root)
+	edit := func(file string, change func(c *clientcmdapi.Cluster)) {
+		p := filepath.Join(n.Root, "etc/kubernetes", file)
+		cfg, err := clientcmd.LoadFromFile(p)
+		must(t, err)
+		for _, c := range cfg.Clusters {
+			c.CertificateAuthorityData = nil
+			change(c)
+		}
+		must(t, clientcmd.WriteToFile(*cfg, p))
+	}
+	edit("scheduler.conf", func(c *clientcmdapi.Cluster) { c.CertificateAuthority = "pki/front-proxy-ca.crt" })
+	edit("admin.conf", func(c *clientcmdapi.Cluster) { c.InsecureSkipTLSVerify = true })
+	in := inspectTrust(t, n.Root)
+	var scheduler api.TrustPoint
+	for _, tp := range in.TrustPoints {
+		if tp.Reader == "kube-scheduler" {
+			scheduler = tp
+		}
+	}
+	if scheduler.Path != "/etc/kubernetes/pki/front-proxy-ca.crt" || scheduler.Setting != "scheduler.conf certificate-authority" ||
+		scheduler.CA != "ca" || strings.Join(scheduler.CAs, ",") != caID(t, n.Root, pki.FrontProxyCA) {
+		t.Errorf("scheduler.conf naming front-proxy-ca.crt: %+v", scheduler)
+	}
+	if got := trusts(in.TrustPoints)["admin admin.conf certificate-authority-data"]; got != "error: /etc/kubernetes/admin.conf: insecure-skip-tls-verify: trusts any server" {
+		t.Errorf("admin.conf: %s", got)
 	}
 }
