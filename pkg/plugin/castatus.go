@@ -83,12 +83,8 @@ func (o *CAStatusOptions) Run(ctx context.Context) error {
 		return err
 	}
 	rep := buildCAStatusReport(nodes)
-	if o.output != "" {
-		if err := printObject(o.Out, o.output, rep); err != nil {
-			return err
-		}
-	} else {
-		printCAStatusTables(o.Out, rep)
+	if err := printReport(o.Out, o.output, rep, func() { printCAStatusTables(o.Out, rep) }); err != nil {
+		return err
 	}
 	return problemsError(nodeProblems(rep.Errors))
 }

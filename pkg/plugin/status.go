@@ -105,12 +105,8 @@ func (o *StatusOptions) Run(ctx context.Context) error {
 // with --warn-within, for certificates that expire within the window.
 func (o *StatusOptions) report(nodes []orchestrator.NodeStatus) error {
 	rep := buildStatusReport(nodes)
-	if o.output != "" {
-		if err := printObject(o.Out, o.output, rep); err != nil {
-			return err
-		}
-	} else {
-		printStatusTables(o.Out, rep)
+	if err := printReport(o.Out, o.output, rep, func() { printStatusTables(o.Out, rep) }); err != nil {
+		return err
 	}
 	problems := nodeProblems(rep.Errors)
 	if o.warnWithin != "" {
