@@ -49,7 +49,29 @@ func inspectTrust(t *testing.T, root string) *api.InspectResult {
 	if res.Outcome != api.Done {
 		t.Fatalf("inspect: %s %s", res.Outcome, res.Error)
 	}
-	return res.Inspect
+	// What the plugin requires of an answer (orchestrator's checkTrust):
+	// every id it names is a CA it describes, once.
+	in := res.Inspect
+	described := map[string]bool{}
+	for _, a := range in.Authorities {
+		if described[a.ID] || !pki.ValidCAID(a.ID) {
+			t.Errorf("authority %q twice or malformed", a.ID)
+		}
+		described[a.ID] = true
+	}
+	for _, tp := range append(append([]api.TrustPoint{}, in.TrustPoints...), in.Signers...) {
+		for _, id := range tp.CAs {
+			if !described[id] {
+				t.Errorf("%s names CA %s, not among the authorities", tp.Path, id)
+			}
+		}
+	}
+	for _, c := range in.Certs {
+		if c.Issuer != "" && c.Issuer != api.IssuerSelfSigned && c.Issuer != api.IssuerUnknown && !described[c.Issuer] {
+			t.Errorf("%s: issuer %s not among the authorities", c.Name, c.Issuer)
+		}
+	}
+	return in
 }
 
 func caID(t *testing.T, root string, ca pki.CA) string {
