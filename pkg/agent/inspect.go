@@ -68,8 +68,17 @@ func (a *Agent) inspect(req api.Request) (*api.InspectResult, error) {
 	if c, err := pki.ReadCertificate(a.Root, pki.Cert{CertFile: pki.KubeletClientCurrent}); err == nil {
 		res.NodeName = strings.TrimPrefix(c.Subject.CommonName, "system:node:")
 	}
+	var trust *trustReader
+	if req.Trust {
+		trust = a.readTrust(l)
+		res.TrustPoints, res.Signers, res.Authorities = trust.points, trust.signers, trust.authorities
+	}
 	for _, c := range l.certsOnNode() {
-		res.Certs = append(res.Certs, a.certInfo(req.Node, c, now))
+		info := a.certInfo(req.Node, c, now)
+		if trust != nil {
+			info.Issuer = trust.issuer(c)
+		}
+		res.Certs = append(res.Certs, info)
 	}
 	for _, ca := range pki.CAs {
 		// Workers hold only the cluster CA's certificate; an external etcd

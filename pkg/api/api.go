@@ -169,6 +169,9 @@ type Request struct {
 	// Issued maps a certificate name (kubelet-client, kubelet-serving) to
 	// the PEM certificate the cluster issued for the node's request.
 	Issued map[string]string `json:"issued,omitempty"`
+	// Trust: Inspect also reports the node's trust points and signers,
+	// the CAs they hold, and which CA signed each certificate (ca status).
+	Trust bool `json:"trust,omitempty"`
 }
 
 // Result is what the agent answers. Error is set when the action failed;
@@ -207,6 +210,53 @@ type CertInfo struct {
 	KeyAlgorithm      string     `json:"keyAlgorithm,omitempty"`
 	SANs              []string   `json:"sans,omitempty"`
 	Error             string     `json:"error,omitempty"`
+	// Issuer (Inspect with Trust) is the id of the CA among the node's CA
+	// files whose signature the certificate carries, IssuerSelfSigned or
+	// IssuerUnknown.
+	Issuer string `json:"issuer,omitempty"`
+}
+
+// Issuer markers for a certificate no CA file of the node signed.
+const (
+	// IssuerSelfSigned: the kubelet's own serving certificate, signed by
+	// itself or by the CA the kubelet made for it (in the same file).
+	IssuerSelfSigned = "self-signed"
+	// IssuerUnknown: none of the node's CA files signed it.
+	IssuerUnknown = "unknown"
+)
+
+// Authority is one CA certificate a node holds, in a CA file or a trust
+// point. Its ID (16 lowercase hex digits, see pki.CAID) is the same for
+// every copy of the CA and for a CA re-issued with the same key and
+// subject.
+type Authority struct {
+	ID         string    `json:"id"`
+	CommonName string    `json:"commonName"`
+	NotAfter   time.Time `json:"notAfter"`
+}
+
+// TrustPoint is a file a component reads the CAs it trusts from (or, as a
+// signer, the CA it signs with).
+type TrustPoint struct {
+	// Path is the file on the node holding the CA certificates: a bundle,
+	// or a kubeconfig embedding them.
+	Path string `json:"path"`
+	// Reader is the component that reads it: kube-apiserver, etcd,
+	// kube-controller-manager, kubelet, kube-scheduler, kubeadm (its CA
+	// files) or admin (admin.conf and super-admin.conf, for people).
+	Reader string `json:"reader"`
+	// Setting is where the reader is told the file: a flag of its static
+	// pod (--client-ca-file), a kubeconfig field
+	// (admin.conf certificate-authority-data), the kubelet's clientCAFile,
+	// or the kubeadm CA name (ca, front-proxy-ca, etcd-ca).
+	Setting string `json:"setting"`
+	// CA is the kubeadm CA the file is meant to hold (ca, etcd-ca,
+	// front-proxy-ca): the trust points of one CA must agree.
+	CA string `json:"ca,omitempty"`
+	// CAs are the ids of the CAs the file holds, in its order.
+	CAs []string `json:"cas,omitempty"`
+	// Error says why the file could not be read as CA certificates.
+	Error string `json:"error,omitempty"`
 }
 
 // InspectResult is a node's layout and certificates.
@@ -236,6 +286,12 @@ type InspectResult struct {
 	// Backups are the node's backups (without their paths): a committed
 	// one tagged with a run says that run's step is done on the node.
 	Backups []Backup `json:"backups,omitempty"`
+	// TrustPoints, Signers and Authorities (Inspect with Trust): what each
+	// component trusts, which CA kube-controller-manager signs with, and
+	// every CA the node holds, each once.
+	TrustPoints []TrustPoint `json:"trustPoints,omitempty"`
+	Signers     []TrustPoint `json:"signers,omitempty"`
+	Authorities []Authority  `json:"authorities,omitempty"`
 }
 
 // PlannedChange is one certificate a renewal would replace.

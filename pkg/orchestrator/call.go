@@ -17,6 +17,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/api"
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/pki"
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/version"
 )
 
@@ -259,8 +260,49 @@ func decodeResult(out []byte, node string) (*api.Result, error) {
 	if res.Outcome == api.Done && res.Error != "" {
 		return nil, errors.New("agent answer both done and failed")
 	}
+	if res.Inspect != nil {
+		if err := checkTrust(res.Inspect); err != nil {
+			return nil, fmt.Errorf("agent answer: %w", err)
+		}
+	}
 	cleanStrings(reflect.ValueOf(&res).Elem())
 	return &res, nil
+}
+
+// maxCommonName bounds a CA's common name in an answer (X.509's upper
+// bound is 64 characters).
+const maxCommonName = 256
+
+// checkTrust holds an inspection's CAs to ids of their form (pki.CAID),
+// each described once, and every id a trust point, a signer or a
+// certificate's issuer names to a CA the same answer describes: what the
+// plugin compares and prints by id is never made up.
+func checkTrust(in *api.InspectResult) error {
+	known := map[string]bool{}
+	for _, a := range in.Authorities {
+		switch {
+		case !pki.ValidCAID(a.ID):
+			return fmt.Errorf("CA id %q is not %d lowercase hex digits", clean(a.ID), pki.CAIDLength)
+		case known[a.ID]:
+			return fmt.Errorf("CA %s described twice", a.ID)
+		case len(a.CommonName) > maxCommonName:
+			return fmt.Errorf("CA %s: common name of %d bytes (at most %d)", a.ID, len(a.CommonName), maxCommonName)
+		}
+		known[a.ID] = true
+	}
+	for _, tp := range append(append([]api.TrustPoint{}, in.TrustPoints...), in.Signers...) {
+		for _, id := range tp.CAs {
+			if !known[id] {
+				return fmt.Errorf("%s names CA %q, which the answer does not describe", clean(tp.Path), clean(id))
+			}
+		}
+	}
+	for _, c := range in.Certs {
+		if c.Issuer != "" && c.Issuer != api.IssuerSelfSigned && c.Issuer != api.IssuerUnknown && !known[c.Issuer] {
+			return fmt.Errorf("%s: issuer %q, which the answer does not describe", clean(c.Name), clean(c.Issuer))
+		}
+	}
+	return nil
 }
 
 // clean replaces control characters (terminal escapes) in node-supplied

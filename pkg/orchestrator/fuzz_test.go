@@ -10,6 +10,7 @@ import (
 	"unicode"
 
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/api"
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/pki"
 )
 
 // What a node sends back is untrusted input: the decoders and the CSR
@@ -19,6 +20,9 @@ func FuzzDecodeResult(f *testing.F) {
 	f.Add([]byte(`{"agentVersion":"v","node":"w-1","outcome":"done","renew":{"changes":[{"name":"a","path":"/p","oldSerial":"1","newSerial":"2"}]}}`))
 	f.Add([]byte(`{"agentVersion":"v","node":"w-1","outcome":"restored","error":"x\u001b[2J"}`))
 	f.Add([]byte(`{"node":"w-1","outcome":"done","csrs":[{"name":"kubelet-client","request":"-----BEGIN CERTIFICATE REQUEST-----"}]}`))
+	f.Add([]byte(`{"node":"w-1","outcome":"done","inspect":{"certs":[{"node":"w-1","name":"apiserver","path":"/a","residualSeconds":0,"externallyManaged":false,"missing":false,"issuer":"0123456789abcdef"}],"cas":[],` +
+		`"authorities":[{"id":"0123456789abcdef","commonName":"kubernetes","notAfter":"2035-01-01T00:00:00Z"}],` +
+		`"trustPoints":[{"path":"/etc/kubernetes/pki/ca.crt","reader":"kubeadm","setting":"ca","cas":["0123456789abcdef"]}],"signers":[{"path":"/p","reader":"r","setting":"s","error":"x"}]}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		res, err := decodeResult(data, "w-1")
 		if err != nil {
@@ -29,6 +33,20 @@ func FuzzDecodeResult(f *testing.F) {
 		}
 		if strings.ContainsFunc(res.Error, func(r rune) bool { return unicode.IsControl(r) && r != '\n' && r != '\t' }) {
 			t.Errorf("control characters kept: %q", res.Error)
+		}
+		if in := res.Inspect; in != nil {
+			for _, tp := range append(append([]api.TrustPoint{}, in.TrustPoints...), in.Signers...) {
+				for _, id := range tp.CAs {
+					if !pki.ValidCAID(id) {
+						t.Errorf("accepted CA id %q", id)
+					}
+				}
+			}
+			for _, a := range in.Authorities {
+				if !pki.ValidCAID(a.ID) {
+					t.Errorf("accepted CA id %q", a.ID)
+				}
+			}
 		}
 	})
 }

@@ -50,6 +50,9 @@ type Access struct {
 	// (never all of /var/lib/kubelet, which holds every pod's secrets),
 	// reads its config.yaml and restarts it through systemd.
 	Kubelet bool
+	// KubeletConfig: reads the kubelet's config.yaml (read-only), as
+	// ca status does for its clientCAFile. Kubelet implies it.
+	KubeletConfig bool
 }
 
 // PodSpecOptions shapes an agent pod.
@@ -83,10 +86,11 @@ func AgentPod(o PodSpecOptions) *corev1.Pod {
 		{"etc-kubernetes", "/etc/kubernetes", corev1.HostPathDirectory, !write},
 		{"kubelet-pki", "/var/lib/kubelet/pki", corev1.HostPathDirectory, !kubelet},
 	}
+	if kubelet || o.Access.KubeletConfig {
+		mounts = append(mounts, hostPath{"kubelet-config", "/var/lib/kubelet/config.yaml", corev1.HostPathFile, true})
+	}
 	if kubelet {
-		mounts = append(mounts,
-			hostPath{"kubelet-config", "/var/lib/kubelet/config.yaml", corev1.HostPathFile, true},
-			hostPath{"run-systemd", "/run/systemd", corev1.HostPathDirectory, false})
+		mounts = append(mounts, hostPath{"run-systemd", "/run/systemd", corev1.HostPathDirectory, false})
 	}
 	command := []string{api.Binary, "agent", "serve", "--idle", o.Idle.String(), "--drain", o.Grace.String()}
 	pod := &corev1.Pod{

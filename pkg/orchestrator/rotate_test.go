@@ -205,6 +205,10 @@ func (f *fakeAgents) perform(stdin []byte) ([]byte, error) {
 			res.Inspect.Problems = []string{p}
 		}
 		res.Inspect.Notes = proxyNote(req)
+		if req.Trust {
+			res.Inspect.Authorities = []api.Authority{{ID: "0123456789abcdef", CommonName: "kubernetes", NotAfter: time.Date(2035, 1, 1, 0, 0, 0, 0, time.UTC)}}
+			res.Inspect.TrustPoints = []api.TrustPoint{{Path: "/etc/kubernetes/kubelet.conf", Reader: "kubelet", Setting: "kubelet.conf certificate-authority-data", CAs: []string{"0123456789abcdef"}}}
+		}
 	case api.Renew:
 		f.mu.Lock()
 		f.busyControlPlanes++
@@ -454,14 +458,16 @@ func TestDryRunOnlyInspects(t *testing.T) {
 	}
 }
 
-func TestAgentPodSpec(t *testing.T) {
-	mounts := func(p *corev1.Pod) map[string]bool {
-		out := map[string]bool{}
-		for _, m := range p.Spec.Containers[0].VolumeMounts {
-			out[m.MountPath] = m.ReadOnly
-		}
-		return out
+// mounts maps a pod's mount paths to whether they are read-only.
+func mounts(p *corev1.Pod) map[string]bool {
+	out := map[string]bool{}
+	for _, m := range p.Spec.Containers[0].VolumeMounts {
+		out[m.MountPath] = m.ReadOnly
 	}
+	return out
+}
+
+func TestAgentPodSpec(t *testing.T) {
 	o := PodSpecOptions{Node: "node-1", Image: "img:v1", RunID: "rc-1", Access: Access{ControlPlane: true, Kubelet: true},
 		Idle: 5 * time.Minute, Deadline: time.Hour, Grace: 21 * time.Minute}
 	p := AgentPod(o)
@@ -504,6 +510,19 @@ func TestAgentPodSpec(t *testing.T) {
 		if strings.HasPrefix(path, "/host") && !readOnly {
 			t.Errorf("status pod mounts %s writable", path)
 		}
+	}
+	o.Access = Access{ReadOnly: true, Kubelet: true} // a dry run of the kubelet
+	if _, ok := mounts(AgentPod(o))["/host/var/lib/kubelet/config.yaml"]; ok {
+		t.Error("a dry run's pod mounts the kubelet's config.yaml")
+	}
+	// ca status reads the kubelet's clientCAFile: its config.yaml, read-only.
+	o.Access = Access{ReadOnly: true, KubeletConfig: true}
+	ro = AgentPod(o)
+	want = map[string]bool{"/host/etc/kubernetes": true, "/host/var/lib/kubelet/pki": true, "/host/var/lib/kubelet/config.yaml": true}
+	got = mounts(ro)
+	delete(got, "/results")
+	if fmt.Sprint(got) != fmt.Sprint(want) || ro.Spec.HostPID || *ro.Spec.Containers[0].SecurityContext.Privileged {
+		t.Errorf("a read-only pod reading the kubelet's config mounts %v, want %v, unprivileged", got, want)
 	}
 }
 

@@ -238,6 +238,7 @@ func (p permissions) cover(a k8stesting.Action) bool {
 
 // An agent's answer is untrusted input.
 func TestDecodeResultRefusesTamperedAnswers(t *testing.T) {
+	const authority = `{"id":"0123456789abcdef","commonName":"kubernetes","notAfter":"2030-01-01T00:00:00Z"}`
 	for name, tc := range map[string]struct{ out, want string }{
 		"another node":    {`{"agentVersion":"v","node":"cp-1","outcome":"done"}`, `for node "cp-1"`},
 		"unknown outcome": {`{"agentVersion":"v","node":"w-1","outcome":"great"}`, "unknown outcome"},
@@ -246,6 +247,11 @@ func TestDecodeResultRefusesTamperedAnswers(t *testing.T) {
 		"unknown field":   {`{"node":"w-1","outcome":"done","privateKey":"x"}`, "unknown field"},
 		"too big":         {`{"node":"w-1","outcome":"done","error":"` + strings.Repeat("x", maxAnswer) + `"}`, "bytes"},
 		"nothing":         {"", "no answer"},
+		"CA id":           {`{"node":"w-1","outcome":"done","inspect":{"certs":[],"cas":[],"authorities":[{"id":"0123456789ABCDEF","commonName":"x","notAfter":"2030-01-01T00:00:00Z"}]}}`, "not 16 lowercase hex digits"},
+		"CA twice":        {`{"node":"w-1","outcome":"done","inspect":{"certs":[],"cas":[],"authorities":[` + authority + `,` + authority + `]}}`, "described twice"},
+		"unknown CA":      {`{"node":"w-1","outcome":"done","inspect":{"certs":[],"cas":[],"authorities":[` + authority + `],"trustPoints":[{"path":"/p","reader":"kubelet","setting":"s","cas":["0123456789abcdef","fedcba9876543210"]}]}}`, `/p names CA "fedcba9876543210"`},
+		"unknown signer":  {`{"node":"w-1","outcome":"done","inspect":{"certs":[],"cas":[],"signers":[{"path":"/p","reader":"r","setting":"s","cas":["\u001b[2J"]}]}}`, `names CA "?[2J"`},
+		"unknown issuer":  {`{"node":"w-1","outcome":"done","inspect":{"certs":[{"node":"w-1","name":"apiserver","path":"/a","residualSeconds":0,"externallyManaged":false,"missing":false,"issuer":"fedcba9876543210"}],"cas":[]}}`, `apiserver: issuer "fedcba9876543210"`},
 	} {
 		if _, err := decodeResult([]byte(tc.out), "w-1"); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want %q", name, err, tc.want)

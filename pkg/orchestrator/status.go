@@ -17,14 +17,31 @@ type NodeStatus struct {
 	ControlPlane bool
 	Certs        []api.CertInfo
 	CAs          []api.CertInfo
-	Error        string
+	// TrustPoints, Signers and Authorities are set by CAStatus; so is
+	// each certificate's Issuer.
+	TrustPoints []api.TrustPoint
+	Signers     []api.TrustPoint
+	Authorities []api.Authority
+	Error       string
 }
 
 // Status reads every certificate on the selected nodes through read-only
 // agent pods (no privileges, read-only mounts). A node that cannot be read,
 // or a named node that does not exist, is reported with its error; the
 // others are still reported.
-func (r *Runner) Status(ctx context.Context, names []string, selector string) (out []NodeStatus, err error) {
+func (r *Runner) Status(ctx context.Context, names []string, selector string) ([]NodeStatus, error) {
+	return r.status(ctx, names, selector, false)
+}
+
+// CAStatus is Status that also reads, on every node, what each trust point
+// trusts, which CA kube-controller-manager signs with, and which CA signed
+// each certificate. Its pods also mount the kubelet's config.yaml,
+// read-only, for the kubelet's clientCAFile.
+func (r *Runner) CAStatus(ctx context.Context, names []string, selector string) ([]NodeStatus, error) {
+	return r.status(ctx, names, selector, true)
+}
+
+func (r *Runner) status(ctx context.Context, names []string, selector string, trust bool) (out []NodeStatus, err error) {
 	nodes, err := SelectNodes(ctx, r.Client, nil, selector)
 	if err != nil {
 		return nil, err
@@ -45,7 +62,7 @@ func (r *Runner) Status(ctx context.Context, names []string, selector string) (o
 	if len(nodes) == 0 {
 		return unknown, nil
 	}
-	readOnly := func(*corev1.Node) Access { return Access{ReadOnly: true} }
+	readOnly := func(*corev1.Node) Access { return Access{ReadOnly: true, KubeletConfig: trust} }
 	agents, startErrs := r.startAgents(ctx, nodes, runID, readOnly, 2*r.Timeout+5*time.Minute, fanout)
 	defer r.keepAlive(agents)()
 	out = make([]NodeStatus, len(nodes))
@@ -54,12 +71,17 @@ func (r *Runner) Status(ctx context.Context, names []string, selector string) (o
 		if startErrs[i] != nil {
 			return startErrs[i]
 		}
-		res, err := r.call(ctx, agents[i], api.Request{Action: api.Inspect, ReadOnly: true})
+		res, err := r.call(ctx, agents[i], api.Request{Action: api.Inspect, ReadOnly: true, Trust: trust})
 		if err != nil {
 			return err
 		}
-		out[i].ControlPlane = res.Inspect.ControlPlane
-		out[i].Certs, out[i].CAs = res.Inspect.Certs, res.Inspect.CAs
+		in := res.Inspect
+		if in == nil {
+			return fmt.Errorf("node %s: the agent answered without an inspection", nodes[i].Name)
+		}
+		out[i].ControlPlane = in.ControlPlane
+		out[i].Certs, out[i].CAs = in.Certs, in.CAs
+		out[i].TrustPoints, out[i].Signers, out[i].Authorities = in.TrustPoints, in.Signers, in.Authorities
 		return nil
 	})
 	for i, e := range errs {

@@ -52,9 +52,16 @@ contexts: [{name: kind-dev, context: {cluster: kind-dev, user: admin}}, {name: p
 		"a context":            {[]string{"--kubeconfig", kubeconfig, "--context", "p"}, "prod-admin"},
 		"rollback contexts":    {[]string{"rollback", "--kubeconfig", kubeconfig, "--context", "k"}, "kind-dev"},
 		"clusters":             {[]string{"--kubeconfig", kubeconfig, "--cluster", ""}, "kind-dev prod"},
+		"ca":                   {[]string{"c"}, "ca completion"},
+		"ca status":            {[]string{"ca", ""}, "status"},
+		"ca status nodes":      {[]string{"ca", "status", "-l", "pool=a", "--nodes", ""}, "w-1"},
+		"ca status output":     {[]string{"ca", "status", "-o", ""}, "json yaml"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			got, directive := complete(t, tc.args...)
+			for i, g := range got {
+				got[i], _, _ = strings.Cut(g, "\t") // a command's description
+			}
 			if strings.Join(got, " ") != tc.want || directive != ":4" {
 				t.Errorf("got %q %s, want %q :4 (no file completion)", got, directive, tc.want)
 			}

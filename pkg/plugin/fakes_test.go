@@ -89,8 +89,42 @@ func (inspectingAgents) Exec(_ context.Context, _, _, _ string, _ []string, stdi
 	if req.Action == api.Inspect {
 		res.Inspect = &api.InspectResult{ControlPlane: strings.HasPrefix(req.Node, "cp"), Plan: []api.PlannedChange{{Name: "kubelet-client", Service: "kubelet",
 			Path: "/var/lib/kubelet/pki/kubelet-client-current.pem", Serial: "7", NotAfter: time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)}}}
+		if req.Trust {
+			trustOf(req.Node, res.Inspect)
+		}
 	}
 	return json.Marshal(res)
+}
+
+// Two CAs of the fake cluster: w-1's kubelet.conf trusts the second one
+// too, which no other trust point does.
+const (
+	fakeCA     = "3f1c0a9e5b7d2c48"
+	fakeNextCA = "a0b1c2d3e4f56789"
+)
+
+// trustOf is what the fake agents answer ca status: the cluster CA file
+// and kubelet.conf on every node, the kubelet's certificates, and on cp-1
+// the apiserver certificate and kube-controller-manager's signer.
+func trustOf(node string, in *api.InspectResult) {
+	in.Authorities = []api.Authority{{ID: fakeCA, CommonName: "kubernetes", NotAfter: time.Date(2035, 1, 1, 0, 0, 0, 0, time.UTC)}}
+	kubeletConf := []string{fakeCA}
+	if node == "w-1" {
+		in.Authorities = append(in.Authorities, api.Authority{ID: fakeNextCA, CommonName: "kubernetes-next", NotAfter: time.Date(2036, 1, 1, 0, 0, 0, 0, time.UTC)})
+		kubeletConf = append(kubeletConf, fakeNextCA)
+	}
+	in.TrustPoints = []api.TrustPoint{
+		{Path: "/etc/kubernetes/pki/ca.crt", Reader: "kubeadm", Setting: "ca", CA: "ca", CAs: []string{fakeCA}},
+		{Path: "/etc/kubernetes/kubelet.conf", Reader: "kubelet", Setting: "kubelet.conf certificate-authority-data", CA: "ca", CAs: kubeletConf},
+	}
+	in.Certs = []api.CertInfo{
+		{Node: node, Name: "kubelet-client", CA: "ca", Issuer: fakeCA},
+		{Node: node, Name: "kubelet-serving", Issuer: api.IssuerSelfSigned},
+	}
+	if node == "cp-1" {
+		in.Signers = []api.TrustPoint{{Path: "/etc/kubernetes/pki/ca.crt", Reader: "kube-controller-manager", Setting: "--cluster-signing-cert-file", CA: "ca", CAs: []string{fakeCA}}}
+		in.Certs = append(in.Certs, api.CertInfo{Node: node, Name: "apiserver", CA: "ca", Issuer: fakeCA})
+	}
 }
 
 // run executes the command line against the fake cluster and returns its

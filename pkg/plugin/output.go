@@ -58,6 +58,16 @@ func printObject(out io.Writer, format string, obj any) error {
 	return err
 }
 
+// printReport prints a read-only command's report as -o asks (format),
+// or, without -o, as the tables prints it.
+func printReport(out io.Writer, format string, rep any, tables func()) error {
+	if format != "" {
+		return printObject(out, format, rep)
+	}
+	tables()
+	return nil
+}
+
 // printRun prints the report of a rotation, rollback or recover, also when
 // the run failed part-way (then it says what was done): with -o the object
 // of the given kind on out, else tables; notes and the run's ID go to errOut

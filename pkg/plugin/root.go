@@ -49,7 +49,7 @@ Private keys never leave the node they live on.`,
 	cmd.SetOut(streams.Out)
 	cmd.SetErr(streams.ErrOut)
 	cmd.SetVersionTemplate("{{.Version}}\n")
-	cmd.AddCommand(newCmdVersion(streams), newCmdStatus(streams, newFactory), newCmdRollback(streams, newFactory), NewCmdRecover(streams), newCmdAgent(streams))
+	cmd.AddCommand(newCmdVersion(streams), newCmdStatus(streams, newFactory), newCmdRollback(streams, newFactory), newCmdCA(streams, newFactory), NewCmdRecover(streams), newCmdAgent(streams))
 	return cmd
 }
 

@@ -105,17 +105,10 @@ func (o *StatusOptions) Run(ctx context.Context) error {
 // with --warn-within, for certificates that expire within the window.
 func (o *StatusOptions) report(nodes []orchestrator.NodeStatus) error {
 	rep := buildStatusReport(nodes)
-	if o.output != "" {
-		if err := printObject(o.Out, o.output, rep); err != nil {
-			return err
-		}
-	} else {
-		printStatusTables(o.Out, rep)
+	if err := printReport(o.Out, o.output, rep, func() { printStatusTables(o.Out, rep) }); err != nil {
+		return err
 	}
-	var problems []string
-	for _, e := range rep.Errors {
-		problems = append(problems, fmt.Sprintf("node %s: %s", e.Node, e.Error))
-	}
+	problems := nodeProblems(rep.Errors)
 	if o.warnWithin != "" {
 		for _, c := range append(append([]report.CertInfo{}, rep.Certificates...), rep.CertificateAuthorities...) {
 			if c.NotAfter != nil && time.Duration(c.ResidualSeconds)*time.Second < o.warn {
@@ -123,10 +116,7 @@ func (o *StatusOptions) report(nodes []orchestrator.NodeStatus) error {
 			}
 		}
 	}
-	if len(problems) > 0 {
-		return fmt.Errorf("%d problem(s):\n  %s", len(problems), strings.Join(problems, "\n  "))
-	}
-	return nil
+	return problemsError(problems)
 }
 
 func buildStatusReport(nodes []orchestrator.NodeStatus) *report.StatusReport {
@@ -175,8 +165,11 @@ func expires(c report.CertInfo) string {
 	case c.NotAfter == nil:
 		return "-"
 	}
-	return c.NotAfter.Format("Jan 02, 2006 15:04 MST")
+	return c.NotAfter.Format(expiryFormat)
 }
+
+// expiryFormat is how tables print an expiry.
+const expiryFormat = "Jan 02, 2006 15:04 MST"
 
 // residual prints time left as kubeadm does (apimachinery's
 // ShortHumanDuration: 364d, 9y, <invalid> once expired).

@@ -20,12 +20,14 @@ const APIVersion = "rotate-certs.io/v1alpha1"
 type TypeMeta struct {
 	// APIVersion is rotate-certs.io/v1alpha1.
 	APIVersion string `json:"apiVersion"`
-	// Kind is RotationReport, RollbackReport, RecoverReport or StatusReport.
+	// Kind is RotationReport, RollbackReport, RecoverReport, StatusReport
+	// or CAStatusReport.
 	Kind string `json:"kind"`
 }
 
 // Kinds of reports. RotationReport, RollbackReport and RecoverReport share
-// one schema (RotationReport); StatusReport has its own.
+// one schema (RotationReport); StatusReport and CAStatusReport have their
+// own.
 const (
 	// KindRotation is the report of a rotation (kubectl rotate-certs --all
 	// or --service), and, with dryRun true, of its plan (--dry-run).
@@ -36,6 +38,8 @@ const (
 	KindRecover = "RecoverReport"
 	// KindStatus is the report of kubectl rotate-certs status.
 	KindStatus = "StatusReport"
+	// KindCAStatus is the report of kubectl rotate-certs ca status.
+	KindCAStatus = "CAStatusReport"
 )
 
 // Results of a run.
@@ -203,12 +207,84 @@ type CertInfo struct {
 	SANs []string `json:"sans,omitempty"`
 	// Error says why the file could not be read.
 	Error string `json:"error,omitempty"`
+	// Issuer (CAStatusReport only) is the id of the CA, among the node's
+	// CA files, whose signature the certificate carries; "self-signed"
+	// for the kubelet's own serving certificate, "unknown" when no CA
+	// file of the node signed it.
+	Issuer string `json:"issuer,omitempty"`
 }
 
 // NodeError is a node whose certificates could not be read.
 type NodeError struct {
 	Node  string `json:"node"`
 	Error string `json:"error"`
+}
+
+// CAStatusReport is which CAs every trust point of every node trusts, and
+// which CA signed each certificate (kubectl rotate-certs ca status -o
+// json|yaml). A CA is named by its id: 16 hex digits of the SHA-256 of its
+// subject and public key, the same for every copy of it and for a CA
+// re-issued with the same key and subject.
+type CAStatusReport struct {
+	TypeMeta `json:",inline"`
+	// CertificateAuthorities are the CAs found on the nodes, each once.
+	CertificateAuthorities []Authority `json:"certificateAuthorities"`
+	// TrustPoints are, node by node, the files components read the CAs
+	// they trust from, and the CAs each holds.
+	TrustPoints []TrustPoint `json:"trustPoints"`
+	// Signers are, node by node, the CA kube-controller-manager issues
+	// certificates with (--cluster-signing-cert-file).
+	Signers []TrustPoint `json:"signers"`
+	// Certificates are the nodes' certificates, as in StatusReport, each
+	// with its Issuer.
+	Certificates []CertInfo `json:"certificates"`
+	// Consistent: every trust point of each kubeadm CA trusts the same
+	// CAs, every certificate and signer uses one of them, and nothing was
+	// unreadable. Findings say otherwise, in words.
+	Consistent bool     `json:"consistent"`
+	Findings   []string `json:"findings,omitempty"`
+	// Errors are nodes whose files could not be read.
+	Errors []NodeError `json:"errors,omitempty"`
+}
+
+// Authority is a CA found on the nodes.
+type Authority struct {
+	// ID names the CA (16 hex digits).
+	ID string `json:"id"`
+	// CommonName is the CN of its subject.
+	CommonName string `json:"commonName"`
+	// NotAfter is when it expires: the earliest of its copies on the nodes.
+	NotAfter time.Time `json:"notAfter"`
+}
+
+// TrustPoint is a file on a node that a component reads the CAs it trusts
+// from (or, in Signers, the CA it signs with).
+type TrustPoint struct {
+	// Node is the node the file is on.
+	Node string `json:"node"`
+	// Path is the file: a PEM bundle, or a kubeconfig embedding the CAs.
+	Path string `json:"path"`
+	// Reader is the component that reads it: kube-apiserver, etcd,
+	// kube-controller-manager, kube-scheduler, kubelet, kubeadm (its CA
+	// files) or admin (admin.conf and super-admin.conf).
+	Reader string `json:"reader"`
+	// Setting is where the reader is told the file: a flag of its static
+	// pod (--client-ca-file), a kubeconfig's certificate-authority-data,
+	// the kubelet's clientCAFile, or the kubeadm CA name of a CA file.
+	Setting string `json:"setting"`
+	// CA is the kubeadm CA (ca, etcd-ca, front-proxy-ca) the file is meant
+	// to hold.
+	CA string `json:"ca,omitempty"`
+	// CAs are the ids of the CAs it holds, in the file's order.
+	CAs []string `json:"cas"`
+	// Error says why the file could not be read as CA certificates.
+	Error string `json:"error,omitempty"`
+}
+
+// NewCAStatusReport returns an empty CA status report.
+func NewCAStatusReport() *CAStatusReport {
+	return &CAStatusReport{TypeMeta: TypeMeta{APIVersion: APIVersion, Kind: KindCAStatus},
+		CertificateAuthorities: []Authority{}, TrustPoints: []TrustPoint{}, Signers: []TrustPoint{}, Certificates: []CertInfo{}}
 }
 
 // NewRotationReport returns an empty report of the given kind

@@ -69,6 +69,27 @@ func status() *StatusReport {
 	return rep
 }
 
+func caStatus() *CAStatusReport {
+	rep := NewCAStatusReport()
+	rep.CertificateAuthorities = []Authority{
+		{ID: "3f1c0a9e5b7d2c48", CommonName: "kubernetes", NotAfter: *at("2036-03-01T10:00:00Z")},
+		{ID: "a0b1c2d3e4f56789", CommonName: "kubernetes-next", NotAfter: *at("2036-06-01T10:00:00Z")},
+	}
+	rep.TrustPoints = []TrustPoint{
+		{Node: "cp-1", Path: "/etc/kubernetes/pki/ca.crt", Reader: "kubeadm", Setting: "ca", CA: "ca", CAs: []string{"3f1c0a9e5b7d2c48"}},
+		{Node: "w-1", Path: "/etc/kubernetes/kubelet.conf", Reader: "kubelet", Setting: "kubelet.conf certificate-authority-data", CA: "ca", CAs: []string{"3f1c0a9e5b7d2c48", "a0b1c2d3e4f56789"}},
+		{Node: "w-1", Path: "/var/lib/kubelet/config.yaml", Reader: "kubelet", Setting: "clientCAFile", CA: "ca", CAs: []string{}, Error: "/var/lib/kubelet/config.yaml: file does not exist"},
+	}
+	rep.Signers = []TrustPoint{{Node: "cp-1", Path: "/etc/kubernetes/pki/ca.crt", Reader: "kube-controller-manager", Setting: "--cluster-signing-cert-file", CA: "ca", CAs: []string{"3f1c0a9e5b7d2c48"}}}
+	rep.Certificates = []CertInfo{
+		{Node: "cp-1", Name: "apiserver", Path: "/etc/kubernetes/pki/apiserver.crt", Service: "kube-apiserver", Subject: "CN=kube-apiserver",
+			Serial: "1234", NotAfter: at("2027-03-01T10:00:00Z"), ResidualSeconds: 31536000, CA: "ca", Issuer: "3f1c0a9e5b7d2c48"},
+		{Node: "w-1", Name: "kubelet-serving", Path: "/var/lib/kubelet/pki/kubelet.crt", Service: "kubelet", Issuer: "self-signed"},
+	}
+	rep.Findings = []string{"CA a0b1c2d3e4f56789 (kubernetes-next) is trusted by 1 of the 2 trust points of ca; not by cp-1:/etc/kubernetes/pki/ca.crt (kubeadm ca)"}
+	return rep
+}
+
 // The JSON and YAML of each kind are what testdata/*.golden hold (go test
 // -update rewrites them: review the diff, it is the schema scripts see), and
 // both parse back into the same report.
@@ -80,6 +101,7 @@ func TestGoldenAndRoundTrip(t *testing.T) {
 		"rotation":      {rotation(), func() any { return &RotationReport{} }},
 		"rollback-plan": {rollbackPlan(), func() any { return &RotationReport{} }},
 		"status":        {status(), func() any { return &StatusReport{} }},
+		"ca-status":     {caStatus(), func() any { return &CAStatusReport{} }},
 	} {
 		t.Run(name, func(t *testing.T) {
 			js, err := json.MarshalIndent(tc.obj, "", "  ")
@@ -115,7 +137,7 @@ func TestGoldenAndRoundTrip(t *testing.T) {
 
 // Every report names its apiVersion and kind first, as Kubernetes objects do.
 func TestTypeMeta(t *testing.T) {
-	for _, obj := range []any{NewRotationReport(KindRecover), NewStatusReport()} {
+	for _, obj := range []any{NewRotationReport(KindRecover), NewStatusReport(), NewCAStatusReport()} {
 		js, _ := json.Marshal(obj)
 		var meta struct{ APIVersion, Kind string }
 		if err := json.Unmarshal(js, &meta); err != nil || meta.APIVersion != APIVersion || meta.Kind == "" {

@@ -151,6 +151,12 @@ func TestRotate(t *testing.T) {
 		}
 	})
 
+	t.Run("ca status after the rotation", func(t *testing.T) {
+		e.t = t
+		e.checkCAStatus() // castatus_test.go
+		e.checkNoAgentPods()
+	})
+
 	t.Run("all again right after, restarting everything", func(t *testing.T) {
 		e.t = t
 		before, procs := e.snapshots(), e.processes()
