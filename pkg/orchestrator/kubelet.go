@@ -14,20 +14,26 @@ import (
 
 // rotateKubelet gets the kubelet new certificates through the CSR API (key
 // generated on the node; the plugin checks every request before it creates
-// anything), unless they were issued already, then has the node install
-// them as one transaction that restarts the kubelet and proves the new
-// certificates work, and finally waits until the new kubelet renews the
-// node's lease and the node is Ready. A kubelet that does not get there is
-// rolled back to its previous files.
-func (r *Runner) rotateKubelet(ctx context.Context, ap agentPod, o RotateOptions, rep *Report, issued map[string]string) error {
-	if issued == nil {
-		var err error
-		if issued, err = r.requestKubeletCerts(ctx, ap, o); err != nil {
-			return err
-		}
-	}
+// anything), then has the node install them as one transaction that
+// restarts the kubelet and proves the new certificates work, and finally
+// waits until the new kubelet renews the node's lease and the node is
+// Ready. A kubelet that does not get there is rolled back to its previous
+// files.
+func (r *Runner) rotateKubelet(ctx context.Context, ap agentPod, o RotateOptions, rep *Report) error {
 	if ctx.Err() != nil {
-		return r.discardPending(ap, fmt.Errorf("node %s: kubelet not started: %w", ap.node, ErrInterrupted))
+		return fmt.Errorf("node %s: kubelet not started: %w", ap.node, ErrInterrupted)
+	}
+	r.vlogf(1, "node %s: requesting new kubelet certificates", ap.node)
+	res, err := r.call(ctx, ap, api.Request{Action: api.KubeletCSR})
+	if err != nil {
+		return err
+	}
+	issued, err := r.signKubeletCSRs(ctx, ap, res.CSRs, o.Validity)
+	if err != nil {
+		if _, derr := r.call(r.drain(), ap, api.Request{Action: api.DiscardPending}); derr != nil {
+			err = fmt.Errorf("%w; removing the keys made for it: %v", err, derr)
+		}
+		return &outcomeError{step: api.KubeletCSR, outcome: api.Unchanged, err: err}
 	}
 	r.logf("node %s: installing the kubelet's certificates and restarting it", ap.node)
 	inst, err := r.change(ctx, ap, api.Request{Action: api.KubeletInstall, Issued: issued, Validity: o.Validity})
@@ -47,33 +53,6 @@ func (r *Runner) rotateKubelet(ctx context.Context, ap agentPod, o RotateOptions
 		return &outcomeError{step: api.KubeletInstall, outcome: api.Restored, err: fmt.Errorf("%w; the kubelet's previous files were restored", err)}
 	}
 	return nil
-}
-
-// requestKubeletCerts has the node make new kubelet keys and requests, and
-// the cluster sign them; the keys wait on the node for KubeletInstall.
-func (r *Runner) requestKubeletCerts(ctx context.Context, ap agentPod, o RotateOptions) (map[string]string, error) {
-	if ctx.Err() != nil {
-		return nil, fmt.Errorf("node %s: kubelet not started: %w", ap.node, ErrInterrupted)
-	}
-	r.vlogf(1, "node %s: requesting new kubelet certificates", ap.node)
-	res, err := r.call(ctx, ap, api.Request{Action: api.KubeletCSR})
-	if err != nil {
-		return nil, err
-	}
-	issued, err := r.signKubeletCSRs(ctx, ap, res.CSRs, o.Validity)
-	if err != nil {
-		return nil, &outcomeError{step: api.KubeletCSR, outcome: api.Unchanged, err: r.discardPending(ap, err)}
-	}
-	return issued, nil
-}
-
-// discardPending removes the keys the node made for kubelet certificates
-// that will not be installed, and returns err with what that failed of.
-func (r *Runner) discardPending(ap agentPod, err error) error {
-	if _, derr := r.call(r.drain(), ap, api.Request{Action: api.DiscardPending}); derr != nil {
-		return fmt.Errorf("%w; removing the keys made for the kubelet: %v", err, derr)
-	}
-	return err
 }
 
 // signKubeletCSRs checks every request of the node first (nothing is

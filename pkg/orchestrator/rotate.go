@@ -400,35 +400,20 @@ func (r *Runner) rotateOne(ctx context.Context, ap agentPod, o RotateOptions, re
 
 // rotateNode renews one node: its control-plane certificates (the agent
 // restarts or verifies the components), then its kubelet's; steps an
-// interrupted run already did are skipped. A control plane's kubelet
-// certificates are signed before its renewal restarts
-// kube-controller-manager, the cluster's CSR signer: a new instance signs
-// only once it holds the leader lease, which the old one does not release
-// on SIGTERM (15–24 s of each run, docs/benchmarks.md).
+// interrupted run already did are skipped.
 func (r *Runner) rotateNode(ctx context.Context, ap agentPod, o RotateOptions, rep *Report, skip skipSteps) error {
-	services := o.renewServices()
-	renew := ap.controlPlane && len(services) > 0 && !skip.renew
-	kubelet := o.has(pki.ServiceKubelet) && !skip.kubelet
-	var issued map[string]string
-	if renew && kubelet {
-		var err error
-		if issued, err = r.requestKubeletCerts(ctx, ap, o); err != nil {
-			return err
-		}
-	}
-	if renew {
+	if services := o.renewServices(); ap.controlPlane && len(services) > 0 && !skip.renew {
 		r.logf("node %s: renewing %s", ap.node, strings.Join(services, ", "))
 		res, err := r.change(ctx, ap, api.Request{Action: api.Renew, Services: services, Validity: o.Validity, Restart: o.Restart, Graceful: o.graceful})
 		if err != nil {
-			if issued != nil {
-				err = r.discardPending(ap, err)
-			}
 			return err
 		}
 		r.addChanges(rep, ap, res.Renew)
 	}
-	if kubelet {
-		return r.rotateKubelet(ctx, ap, o, rep, issued)
+	if o.has(pki.ServiceKubelet) && !skip.kubelet {
+		if err := r.rotateKubelet(ctx, ap, o, rep); err != nil {
+			return err
+		}
 	}
 	return nil
 }
