@@ -142,10 +142,12 @@ func (a *Agent) restartUnlessRestarted(ctx context.Context, name string, atWrite
 	if err != nil {
 		return err
 	}
+	start := time.Now()
 	pid, err := a.awaitNewProcess(ctx, sp, atWrite)
 	if err != nil {
 		return err
 	}
+	res.Restarted = append(res.Restarted, api.Restarted{Component: name, OldPID: atWrite.pid, NewPID: pid, Seconds: time.Since(start).Seconds()})
 	res.Verified = append(res.Verified, fmt.Sprintf("%s started again on its own after its files were written (pid %d), so it was not restarted", name, pid))
 	return nil
 }

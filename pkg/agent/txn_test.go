@@ -494,6 +494,16 @@ func TestRenewRestartAllDoesNotRestartWhatRestartedOnItsOwn(t *testing.T) {
 	if got := strings.Join(res.Renew.Verified, "\n"); !strings.Contains(got, "kube-scheduler started again on its own") {
 		t.Errorf("verified %v", res.Renew.Verified)
 	}
+	// Still reported as replaced: the plugin releases a stopped leader's lease.
+	for _, c := range leaders {
+		found := false
+		for _, r := range res.Renew.Restarted {
+			found = found || (r.Component == c && r.NewPID == f.proc.pid(c))
+		}
+		if !found {
+			t.Errorf("%s not reported as replaced: %+v", c, res.Renew.Restarted)
+		}
+	}
 	// One that did not restart on its own is still restarted.
 	f2 := newFakeNode(t, "cp-1", pkitest.ECDSA, nil)
 	if res := f2.agent().Handle(context.Background(), req); res.Outcome != api.Done || f2.restartsOf("kube-scheduler") != 1 {

@@ -274,6 +274,9 @@ func (o RotateOptions) permissions() permissions {
 		return p
 	}
 	p = p.with(permsLock, permsKubeletRestart, permsEvents)
+	if o.has(pki.ServiceControllerManager) {
+		p = p.with(permsSignerLease)
+	}
 	if o.has(pki.ServiceKubelet) {
 		p = p.with(permsCSR)
 	}
@@ -404,11 +407,13 @@ func (r *Runner) rotateOne(ctx context.Context, ap agentPod, o RotateOptions, re
 func (r *Runner) rotateNode(ctx context.Context, ap agentPod, o RotateOptions, rep *Report, skip skipSteps) error {
 	if services := o.renewServices(); ap.controlPlane && len(services) > 0 && !skip.renew {
 		r.logf("node %s: renewing %s", ap.node, strings.Join(services, ", "))
+		signer := r.signerLeaseHolder(ctx)
 		res, err := r.change(ctx, ap, api.Request{Action: api.Renew, Services: services, Validity: o.Validity, Restart: o.Restart, Graceful: o.graceful})
 		if err != nil {
 			return err
 		}
 		r.addChanges(rep, ap, res.Renew)
+		r.releaseStoppedSigner(ctx, ap, signer, res.Renew)
 	}
 	if o.has(pki.ServiceKubelet) && !skip.kubelet {
 		if err := r.rotateKubelet(ctx, ap, o, rep); err != nil {

@@ -128,6 +128,10 @@ type fakeAgents struct {
 	filed       map[string][]byte
 	// latency, if set, is how long each action takes.
 	latency func(api.Action) time.Duration
+	// onRenew, if set, runs during each Renew; noKCMRestart makes Renew
+	// report no restart of kube-controller-manager.
+	onRenew      func()
+	noKCMRestart bool
 }
 
 func newFakeAgents(t *testing.T, c *fake.Clientset) *fakeAgents {
@@ -222,6 +226,9 @@ func (f *fakeAgents) perform(stdin []byte) ([]byte, error) {
 			<-gate
 		}
 		time.Sleep(20 * time.Millisecond)
+		if f.onRenew != nil {
+			f.onRenew()
+		}
 		f.mu.Lock()
 		f.busyControlPlanes--
 		f.backups[req.Node] = append(f.backups[req.Node], api.Backup{Name: "b0", Run: req.Run, Action: "renew", State: api.BackupCommitted})
@@ -229,6 +236,9 @@ func (f *fakeAgents) perform(stdin []byte) ([]byte, error) {
 		res.Renew = &api.RenewResult{Backup: "b0", Changes: []api.Change{{Name: "apiserver", OldSerial: "1", NewSerial: "2", NewNotAfter: time.Now().Add(8760 * time.Hour).UTC()}},
 			Restarted: []api.Restarted{{Component: "kube-controller-manager", OldPID: 10, NewPID: 11, Seconds: 1.5}},
 			Verified:  []string{"kube-apiserver serves apiserver serial 2 on 127.0.0.1:6443"}, Notes: proxyNote(req)}
+		if f.noKCMRestart {
+			res.Renew.Restarted = nil
+		}
 	case api.KubeletCSR:
 		if f.csrs != nil {
 			res.CSRs = f.csrs(req.Node)

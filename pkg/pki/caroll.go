@@ -149,32 +149,21 @@ func normalKeyAlgorithm(name string) string {
 // order, OpenSSL does only for leaves without an AKID (see above), and
 // every leaf this package signs with a new CA has one.
 
-// parseCARollBundle is caroll.go's own minimal bundle parser (the lead will
-// unify it with trust.go's): the certificates of every CERTIFICATE block in
-// order. Text between blocks (openssl x509 -text output) is allowed; any
-// other PEM block, a private key above all, is an error: a trust bundle is
-// published, and must never carry a key.
-func parseCARollBundle(data []byte) ([]*x509.Certificate, error) {
-	var certs []*x509.Certificate
+// parseTrustBundle is ParseCABundle for a bundle this package writes: any
+// PEM block that is not a certificate, a private key above all, is an error
+// (certutil would skip it), because a trust bundle is published and must
+// never carry a key.
+func parseTrustBundle(data []byte) ([]*x509.Certificate, error) {
 	for rest := data; ; {
 		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
+		if block, rest = pem.Decode(rest); block == nil {
 			break
 		}
 		if block.Type != certutil.CertificateBlockType {
 			return nil, fmt.Errorf("bundle holds a %q PEM block: only certificates belong in a trust bundle", block.Type)
 		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("bundle certificate %d: %w", len(certs)+1, err)
-		}
-		certs = append(certs, c)
 	}
-	if len(certs) == 0 {
-		return nil, errors.New("bundle holds no certificate")
-	}
-	return certs, nil
+	return ParseCABundle(data)
 }
 
 // SameCA reports whether two certificates are the same CA: same subject and
@@ -194,7 +183,7 @@ func MergeCABundles(bundles ...[]byte) ([]byte, error) {
 		if err := CheckCABundle(b); err != nil {
 			return nil, fmt.Errorf("bundle %d: %w", i+1, err)
 		}
-		certs, _ := parseCARollBundle(b)
+		certs, _ := parseTrustBundle(b)
 	next:
 		for _, c := range certs {
 			for j, m := range merged {
@@ -208,14 +197,14 @@ func MergeCABundles(bundles ...[]byte) ([]byte, error) {
 			merged = append(merged, c)
 		}
 	}
-	return encodeCARollBundle(merged), nil
+	return encodeTrustBundle(merged), nil
 }
 
 // RemoveFromCABundle removes every copy of ca (same subject and public key)
 // from a bundle. A bundle without it is returned unchanged, byte for byte.
 // Removing the last CA is an error: an empty trust bundle trusts nothing.
 func RemoveFromCABundle(bundle []byte, ca *x509.Certificate) ([]byte, error) {
-	certs, err := parseCARollBundle(bundle)
+	certs, err := parseTrustBundle(bundle)
 	if err != nil {
 		return nil, err
 	}
@@ -231,21 +220,18 @@ func RemoveFromCABundle(bundle []byte, ca *x509.Certificate) ([]byte, error) {
 	if len(kept) == 0 {
 		return nil, fmt.Errorf("removing CA %q would leave the bundle empty", ca.Subject.CommonName)
 	}
-	return encodeCARollBundle(kept), nil
+	return encodeTrustBundle(kept), nil
 }
 
 // CheckCABundle checks that a bundle holds at least one certificate, only
 // certificates, and that each is a CA: basic constraints CA:TRUE and, where
 // key usages are given, certificate signing.
 func CheckCABundle(bundle []byte) error {
-	certs, err := parseCARollBundle(bundle)
+	certs, err := parseTrustBundle(bundle)
 	if err != nil {
 		return err
 	}
 	for i, c := range certs {
-		if !c.BasicConstraintsValid || !c.IsCA {
-			return fmt.Errorf("bundle certificate %d (%q) is not a CA", i+1, c.Subject.CommonName)
-		}
 		if c.KeyUsage != 0 && c.KeyUsage&x509.KeyUsageCertSign == 0 {
 			return fmt.Errorf("bundle certificate %d (%q) may not sign certificates (no certSign key usage)", i+1, c.Subject.CommonName)
 		}
@@ -253,7 +239,7 @@ func CheckCABundle(bundle []byte) error {
 	return nil
 }
 
-func encodeCARollBundle(certs []*x509.Certificate) []byte {
+func encodeTrustBundle(certs []*x509.Certificate) []byte {
 	var out []byte
 	for _, c := range certs {
 		out = append(out, EncodeCertPEM(c)...)

@@ -365,12 +365,12 @@ func TestCheckCABundle(t *testing.T) {
 		bundle []byte
 		want   string
 	}{
-		"leaf":          {append(append([]byte{}, both...), pki.EncodeCertPEM(r.newLeaf)...), "certificate 3 (\"kube-apiserver\") is not a CA"},
+		"leaf":          {append(append([]byte{}, both...), pki.EncodeCertPEM(r.newLeaf)...), `certificate 3 of the bundle (subject "CN=kube-apiserver") is not a CA`},
 		"private key":   {append(append([]byte{}, both...), keyPEM...), "only certificates"},
 		"no certSign":   {pki.EncodeCertPEM(mustParse(t, der)), "may not sign"},
-		"empty":         {[]byte("\n"), "no certificate"},
-		"broken base64": {[]byte("-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n"), "no certificate"},
-		"broken DER":    {[]byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"), "certificate 1"},
+		"empty":         {[]byte("\n"), "does not contain any valid"},
+		"broken base64": {[]byte("-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n"), "does not contain any valid"},
+		"broken DER":    {[]byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"), "malformed certificate"},
 	} {
 		if err := pki.CheckCABundle(c.bundle); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want an error with %q", name, err, c.want)
