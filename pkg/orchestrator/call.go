@@ -182,6 +182,7 @@ func (r *Runner) deliver(ctx context.Context, ap agentPod, req api.Request, in [
 	// until the deadline.
 	const maxUnreceived = 3
 	unreceived := 0
+	var refusedSince time.Time
 	for {
 		var out []byte
 		var err error
@@ -203,6 +204,17 @@ func (r *Runner) deliver(ctx context.Context, ap agentPod, req api.Request, in [
 			last = errors.New(res.Error)
 		case perr == nil:
 			return res, nil
+		case send && kubeletRefused(err) && (refusedSince.IsZero() || time.Since(refusedSince) < kubeletDenialTTL+15*time.Second):
+			// The node's kubelet refused the API server's connection, so the
+			// agent never got the request: send it again. Right after a
+			// restart of the node's kube-apiserver its RBAC cache has not
+			// synced, the kubelet's authorizer (which asks it) is denied,
+			// and the kubelet caches that denial.
+			if refusedSince.IsZero() {
+				refusedSince = time.Now()
+			}
+			r.vlogf(2, "node %s: %s: the node's kubelet refused the exec (%v); sending it again", ap.node, req.Action, err)
+			last = err
 		case send && (apierrors.IsForbidden(err) || ctx.Err() != nil):
 			return nil, errors.Join(err, perr)
 		default:
@@ -225,6 +237,18 @@ func (r *Runner) deliver(ctx context.Context, ap agentPod, req api.Request, in [
 		case <-time.After(r.poll()):
 		}
 	}
+}
+
+// kubeletDenialTTL is how long a kubelet caches a denied authorization
+// (its authorization.webhook.cacheUnauthorizedTTL, 30 s by default).
+const kubeletDenialTTL = 30 * time.Second
+
+// kubeletRefused tells whether an exec failed because the node's kubelet
+// refused the API server's connection to it (its own authorization of the
+// API server's kubelet client), not because the API server refused the
+// user: client-go reports the kubelet's answer to the upgrade only as text.
+func kubeletRefused(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "unable to upgrade connection: Forbidden (user=")
 }
 
 // decodeResult parses an agent's answer, which is untrusted input: root on

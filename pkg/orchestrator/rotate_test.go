@@ -132,11 +132,14 @@ type fakeAgents struct {
 	// report no restart of kube-controller-manager.
 	onRenew      func()
 	noKCMRestart bool
+	// kubeletRefuses counts, per "node action", the execs the node's
+	// kubelet refuses before it lets one through.
+	kubeletRefuses map[string]int
 }
 
 func newFakeAgents(t *testing.T, c *fake.Clientset) *fakeAgents {
 	return &fakeAgents{client: c, pid: map[string]int{}, problems: map[string]string{}, failAction: map[string]api.Action{},
-		issued: map[string]string{}, backups: map[string][]api.Backup{}}
+		issued: map[string]string{}, backups: map[string][]api.Backup{}, kubeletRefuses: map[string]int{}}
 }
 
 // nodeCSR is the request an honest agent on node makes.
@@ -152,10 +155,24 @@ func (f *fakeAgents) Exec(ctx context.Context, ns, pod, container string, cmd []
 	if len(cmd) == 5 && cmd[2] == "result" {
 		f.mu.Lock()
 		defer f.mu.Unlock()
-		return f.filed[cmd[4]], nil
+		if out, ok := f.filed[cmd[4]]; ok {
+			return out, nil
+		}
+		return json.Marshal(api.Result{AgentVersion: version.Version, Outcome: api.NotReceived, Error: "no such request"})
 	}
 	if stdin == nil {
 		return nil, nil // ping
+	}
+	var sent api.Request
+	_ = json.Unmarshal(stdin, &sent)
+	f.mu.Lock()
+	refuse := f.kubeletRefuses[sent.Node+" "+string(sent.Action)] > 0
+	if refuse {
+		f.kubeletRefuses[sent.Node+" "+string(sent.Action)]--
+	}
+	f.mu.Unlock()
+	if refuse {
+		return nil, fmt.Errorf("unable to upgrade connection: Forbidden (user=kube-apiserver-kubelet-client, verb=create, resource=nodes, subresource(s)=[proxy])")
 	}
 	out, err := f.perform(stdin)
 	if err != nil {
@@ -549,5 +566,23 @@ func TestStatusReportsUnreachableNodes(t *testing.T) {
 	}
 	if n := remainingPods(t, c); n != 0 {
 		t.Errorf("%d agent pods left", n)
+	}
+}
+
+// Right after --restart=all restarted a control plane's kube-apiserver, that
+// node's kubelet may refuse the API server's exec for a while (its
+// authorizer asks the local kube-apiserver, which denies until its RBAC
+// cache synced, and the kubelet caches a denial for 30 s): the request
+// never reached the agent, so it is sent again, not given up after three
+// tries (measured: a make bench run failed so).
+func TestRotateSendsAgainWhatTheKubeletRefused(t *testing.T) {
+	c := fakeCluster(t, []string{"cp-1"}, []string{"w-1"})
+	f := newFakeAgents(t, c)
+	f.kubeletRefuses["cp-1 kubelet-csr"] = 5
+	if _, err := newTestRunner(c, f).Rotate(context.Background(), allOptions()); err != nil {
+		t.Fatal(err)
+	}
+	if f.issued["cp-1"] == "" {
+		t.Error("cp-1's kubelet certificate was not installed")
 	}
 }
