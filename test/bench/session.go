@@ -338,37 +338,54 @@ func (s *session) processes(ctx context.Context) map[string]string {
 	return out
 }
 
+// crictlContainer is one container as `crictl ps -o json` lists it, with
+// its creation in seconds since the session's start.
+type crictlContainer struct {
+	ID, Name string
+	Attempt  int
+	Created  float64
+}
+
+// containers lists a node's containers created in [from, to] (crictl ps
+// with args); a node that cannot be asked lists none.
+func (s *session) containers(ctx context.Context, node string, from, to float64, args ...string) []crictlContainer {
+	raw, err := s.c.Exec(ctx, node, nil, append([]string{"crictl", "ps", "-a", "-o", "json"}, args...)...)
+	if err != nil {
+		return nil
+	}
+	var list struct {
+		Containers []struct {
+			ID       string `json:"id"`
+			Metadata struct {
+				Name    string `json:"name"`
+				Attempt int    `json:"attempt"`
+			} `json:"metadata"`
+			CreatedAt string `json:"createdAt"`
+		} `json:"containers"`
+	}
+	if json.Unmarshal(raw, &list) != nil {
+		return nil
+	}
+	var out []crictlContainer
+	for _, c := range list.Containers {
+		ns, err := strconv.ParseInt(c.CreatedAt, 10, 64)
+		if err != nil {
+			continue
+		}
+		if t := s.rel(time.Unix(0, ns)); t >= from && t <= to {
+			out = append(out, crictlContainer{ID: c.ID, Name: c.Metadata.Name, Attempt: c.Metadata.Attempt, Created: t})
+		}
+	}
+	return out
+}
+
 // containersStarted lists the containers created in [from, to] on every
 // node (crictl ps -a).
 func (s *session) containersStarted(ctx context.Context, from, to float64) []report.ContainerStart {
 	var out []report.ContainerStart
 	for _, n := range s.nodes() {
-		raw, err := s.c.Exec(ctx, n, nil, "crictl", "ps", "-a", "-o", "json")
-		if err != nil {
-			continue
-		}
-		var list struct {
-			Containers []struct {
-				ID       string `json:"id"`
-				Metadata struct {
-					Name    string `json:"name"`
-					Attempt int    `json:"attempt"`
-				} `json:"metadata"`
-				CreatedAt string `json:"createdAt"`
-			} `json:"containers"`
-		}
-		if err := json.Unmarshal(raw, &list); err != nil {
-			continue
-		}
-		for _, c := range list.Containers {
-			ns, err := strconv.ParseInt(c.CreatedAt, 10, 64)
-			if err != nil {
-				continue
-			}
-			t := s.rel(time.Unix(0, ns))
-			if t >= from && t <= to {
-				out = append(out, report.ContainerStart{Node: n, Component: c.Metadata.Name, ID: c.ID[:min(12, len(c.ID))], Created: t, Attempt: c.Metadata.Attempt})
-			}
+		for _, c := range s.containers(ctx, n, from, to) {
+			out = append(out, report.ContainerStart{Node: n, Component: c.Name, ID: c.ID[:min(12, len(c.ID))], Created: c.Created, Attempt: c.Attempt})
 		}
 	}
 	return out
@@ -392,32 +409,11 @@ func (s *session) serials(ctx context.Context) {
 func (s *session) exited(ctx context.Context, from, to float64) []report.Exited {
 	var out []report.Exited
 	for _, n := range s.cps {
-		raw, err := s.c.Exec(ctx, n, nil, "crictl", "ps", "-a", "--state", "exited", "-o", "json")
-		if err != nil {
-			continue
-		}
-		var list struct {
-			Containers []struct {
-				ID       string `json:"id"`
-				Metadata struct {
-					Name string `json:"name"`
-				} `json:"metadata"`
-				CreatedAt string `json:"createdAt"`
-			} `json:"containers"`
-		}
-		if json.Unmarshal(raw, &list) != nil {
-			continue
-		}
-		for _, c := range list.Containers {
-			ns, err := strconv.ParseInt(c.CreatedAt, 10, 64)
-			if err != nil || !slices.Contains(staticPods, c.Metadata.Name) {
+		for _, c := range s.containers(ctx, n, from, to, "--state", "exited") {
+			if !slices.Contains(staticPods, c.Name) {
 				continue
 			}
-			created := s.rel(time.Unix(0, ns))
-			if created < from || created > to {
-				continue
-			}
-			e := report.Exited{Node: n, Component: c.Metadata.Name, ID: c.ID[:min(12, len(c.ID))], Created: created}
+			e := report.Exited{Node: n, Component: c.Name, ID: c.ID[:min(12, len(c.ID))], Created: c.Created}
 			if raw, err := s.c.Exec(ctx, n, nil, "crictl", "inspect", "-o", "json", c.ID); err == nil {
 				var st struct {
 					Status struct {
