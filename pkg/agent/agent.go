@@ -107,6 +107,18 @@ func (a *Agent) Handle(ctx context.Context, req api.Request) api.Result {
 		res.Certificate, err = a.signKubeletClient(req)
 	case api.ReadAdminKubeconfig:
 		res.Kubeconfig, err = a.readAdminKubeconfig()
+	case api.CAPrepare:
+		res.CA, err = a.caPrepare(req)
+	case api.CAHandoverKey:
+		res.CA, err = a.caHandoverKey(req)
+	case api.CAHandoverSeal:
+		res.CA, err = a.caHandoverSeal(req)
+	case api.CAHandoverOpen:
+		res.CA, err = a.caHandoverOpen(req)
+	case api.CATrust:
+		res.Renew, res.CA, err = a.caTrust(ctx, req)
+	case api.CADiscard:
+		err = a.caDiscard(req)
 	case api.Ping:
 	default:
 		err = fmt.Errorf("unknown action %q", req.Action)

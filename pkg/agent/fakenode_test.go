@@ -53,8 +53,12 @@ type fakeNode struct {
 	etcdStale bool
 	// kubeletServing is what the kubelet loaded when it (re)started.
 	kubeletServing *tls.Certificate
-	allowed        map[string]bool
-	restarts       map[string]int
+	// kubeletClientCAs and etcdCAs are the CAs the kubelet and etcd
+	// loaded when they (re)started.
+	kubeletClientCAs *x509.CertPool
+	etcdCAs          *x509.CertPool
+	allowed          map[string]bool
+	restarts         map[string]int
 }
 
 // newFakeNode lays out a control plane (cp nil) or a worker of cp's
@@ -84,11 +88,15 @@ func newFakeNodeSince(t *testing.T, name string, alg pkitest.Algorithm, cp *fake
 	f.proc.onSignal = f.signalled
 	f.proc.start("kubelet")
 	f.reloadKubelet()
-	kubelet := f.serveTLS(func() (*tls.Certificate, error) { f.mu.Lock(); defer f.mu.Unlock(); return f.kubeletServing, nil }, nil, tls.NoClientCert, okHandler())
+	kubelet := f.serveTLSConfig(func() *tls.Config {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return &tls.Config{Certificates: []tls.Certificate{*f.kubeletServing}, ClientCAs: f.kubeletClientCAs, ClientAuth: tls.VerifyClientCertIfGiven}
+	}, okHandler())
 	kubeletHealth := f.serveHTTP(okHandler())
 	f.node.SetServer(t, pki.KubeletKubeconfig, "https://"+api)
 	must(t, os.WriteFile(filepath.Join(f.root, pki.KubeletConfigFile), []byte(fmt.Sprintf(
-		"apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\naddress: 127.0.0.1\nport: %s\nhealthzBindAddress: 127.0.0.1\nhealthzPort: %s\n",
+		"apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\naddress: 127.0.0.1\nport: %s\nhealthzBindAddress: 127.0.0.1\nhealthzPort: %s\nauthentication:\n  x509:\n    clientCAFile: /etc/kubernetes/pki/ca.crt\n",
 		port(kubelet), port(kubeletHealth))), 0o644))
 	must(t, os.MkdirAll(filepath.Join(f.root, "run/systemd"), 0o755))
 	must(t, os.WriteFile(filepath.Join(f.root, "run/systemd/private"), nil, 0o600)) // stands in for the socket
@@ -98,25 +106,27 @@ func newFakeNodeSince(t *testing.T, name string, alg pkitest.Algorithm, cp *fake
 	for _, c := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"} {
 		f.proc.start(c)
 	}
-	etcdCA := f.pool(pki.EtcdCA)
-	etcdCert := func(base string) func() (*tls.Certificate, error) {
+	f.etcdCAs = f.pool(pki.EtcdCA)
+	etcdCert := func(base string) func() *tls.Config {
 		current := f.fileCert(base)
 		atStart, err := current()
 		must(t, err)
-		return func() (*tls.Certificate, error) {
+		return func() *tls.Config {
 			f.mu.Lock()
-			stale := f.etcdStale
+			stale, cas := f.etcdStale, f.etcdCAs
 			f.mu.Unlock()
-			if stale {
-				return atStart, nil
+			c := atStart
+			if !stale {
+				c, err = current()
+				must(t, err)
 			}
-			return current()
+			return &tls.Config{Certificates: []tls.Certificate{*c}, ClientCAs: cas, ClientAuth: tls.RequireAndVerifyClientCert}
 		}
 	}
 	f.node.WriteManifests(t, pkitest.Endpoints{
 		APIServer:     api,
-		EtcdClient:    f.serveTLS(etcdCert("etc/kubernetes/pki/etcd/server"), etcdCA, tls.RequireAndVerifyClientCert, okHandler()),
-		EtcdPeer:      f.serveTLS(etcdCert("etc/kubernetes/pki/etcd/peer"), etcdCA, tls.RequireAndVerifyClientCert, okHandler()),
+		EtcdClient:    f.serveTLSConfig(etcdCert("etc/kubernetes/pki/etcd/server"), okHandler()),
+		EtcdPeer:      f.serveTLSConfig(etcdCert("etc/kubernetes/pki/etcd/peer"), okHandler()),
 		EtcdHealth:    f.serveHTTP(okHandler()),
 		ControllerMgr: f.serveHTTPS(okHandler()),
 		Scheduler:     f.serveHTTPS(okHandler()),
@@ -178,6 +188,12 @@ func (f *fakeNode) restarted(name string) {
 	if name == "kubelet" {
 		f.reloadKubelet()
 	}
+	if name == "etcd" {
+		pool := f.pool(pki.EtcdCA)
+		f.mu.Lock()
+		f.etcdCAs = pool
+		f.mu.Unlock()
+	}
 }
 
 func (f *fakeNode) restartsOf(name string) int {
@@ -197,8 +213,9 @@ func (f *fakeNode) reloadKubelet() {
 	if err != nil {
 		f.t.Fatalf("kubelet serving certificate: %v", err)
 	}
+	pool := f.pool(pki.ClusterCA) // kubeadm's clientCAFile
 	f.mu.Lock()
-	f.kubeletServing = c
+	f.kubeletServing, f.kubeletClientCAs = c, pool
 	f.mu.Unlock()
 }
 
@@ -269,13 +286,6 @@ func (f *fakeNode) serveAPIServer(addr string) string {
 	return f.allow(ln.Addr().String())
 }
 
-func (f *fakeNode) serveTLS(cert func() (*tls.Certificate, error), clientCAs *x509.CertPool, auth tls.ClientAuthType, h http.Handler) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	must(f.t, err)
-	f.serveTLSOn(ln, cert, clientCAs, auth, h)
-	return f.allow(ln.Addr().String())
-}
-
 func (f *fakeNode) serveTLSOn(ln net.Listener, cert func() (*tls.Certificate, error), clientCAs *x509.CertPool, auth tls.ClientAuthType, h http.Handler) *http.Server {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, TLSConfig: &tls.Config{
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert() },
@@ -284,6 +294,19 @@ func (f *fakeNode) serveTLSOn(ln net.Listener, cert func() (*tls.Certificate, er
 	go func() { _ = srv.ServeTLS(ln, "", "") }()
 	f.t.Cleanup(func() { _ = srv.Close() })
 	return srv
+}
+
+// serveTLSConfig serves with the TLS configuration config returns for
+// each connection: what the component loaded (and reloads).
+func (f *fakeNode) serveTLSConfig(config func() *tls.Config, h http.Handler) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must(f.t, err)
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ErrorLog: nullLog(), TLSConfig: &tls.Config{
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) { return config(), nil },
+	}}
+	go func() { _ = srv.ServeTLS(ln, "", "") }()
+	f.t.Cleanup(func() { _ = srv.Close() })
+	return f.allow(ln.Addr().String())
 }
 
 func (f *fakeNode) serveHTTP(h http.Handler) string {

@@ -76,6 +76,22 @@ const (
 	// Ping only proves the plugin is still there (the agent pod exits on
 	// its own when no request came for a while).
 	Ping Action = "ping"
+
+	// CA rotation (kubectl rotate-certs ca). CAPrepare makes the new CAs
+	// on a control plane and keeps them in their staging folder (or
+	// reports the ones staged for the same rotation). CAHandoverKey makes
+	// a receiving control plane's hand-over key pair, CAHandoverSeal
+	// encrypts the staged CAs to it, CAHandoverOpen opens them there and
+	// stages them: the plugin relays ciphertext only. CATrust makes every
+	// trust point of the node hold the CAs CARequest.Trust says and
+	// restarts what reads them once. CADiscard removes the staged CAs (the
+	// rollback of CAPrepare).
+	CAPrepare      Action = "ca-prepare"
+	CAHandoverKey  Action = "ca-handover-key"
+	CAHandoverSeal Action = "ca-handover-seal"
+	CAHandoverOpen Action = "ca-handover-open"
+	CATrust        Action = "ca-trust"
+	CADiscard      Action = "ca-discard"
 )
 
 // Outcome is what became of a request on the node: the plugin decides on
@@ -172,6 +188,47 @@ type Request struct {
 	// Trust: Inspect also reports the node's trust points and signers,
 	// the CAs they hold, and which CA signed each certificate (ca status).
 	Trust bool `json:"trust,omitempty"`
+	// CA is what a CA rotation action needs.
+	CA *CARequest `json:"ca,omitempty"`
+}
+
+// CARequest is the part of a request that a CA rotation's actions read.
+type CARequest struct {
+	// Rotation names the CA rotation (its record in the cluster): the
+	// staged CAs and every hand-over are bound to it.
+	Rotation string `json:"rotation"`
+	// KeyAlgorithm and Validity are the new CAs' (CAPrepare): the current
+	// CA's algorithm when empty.
+	KeyAlgorithm string        `json:"keyAlgorithm,omitempty"`
+	Validity     time.Duration `json:"validity,omitempty"`
+	// New are the new CAs' certificates (PEM) by kubeadm CA name (ca,
+	// front-proxy-ca, etcd-ca), as CAPrepare made them: what CATrust
+	// adds or keeps, and what CAHandoverOpen must receive.
+	New map[string]string `json:"new,omitempty"`
+	// Trust is what CATrust makes the trust points hold: both (old and
+	// new), old (the new removed again) or new (only the new).
+	Trust string `json:"trust,omitempty"`
+	// Peer is the other control plane of a hand-over: the receiver for
+	// CAHandoverSeal, the sender for CAHandoverOpen.
+	Peer string `json:"peer,omitempty"`
+	// PublicKey is the receiver's hand-over key (CAHandoverSeal).
+	PublicKey []byte `json:"publicKey,omitempty"`
+	// Sealed is the sealed hand-over (CAHandoverOpen).
+	Sealed []byte `json:"sealed,omitempty"`
+}
+
+// CAResult is what a CA rotation action answers.
+type CAResult struct {
+	// Staged are the certificates (PEM) of the CAs staged on the node, by
+	// kubeadm CA name.
+	Staged map[string]string `json:"staged,omitempty"`
+	// PublicKey is the hand-over key CAHandoverKey made.
+	PublicKey []byte `json:"publicKey,omitempty"`
+	// Sealed is what CAHandoverSeal made.
+	Sealed []byte `json:"sealed,omitempty"`
+	// Changed lists the trust points CATrust changed: "path (reader
+	// setting)".
+	Changed []string `json:"changed,omitempty"`
 }
 
 // Result is what the agent answers. Error is set when the action failed;
@@ -191,6 +248,8 @@ type Result struct {
 	Certificate string `json:"certificate,omitempty"`
 	// Kubeconfig is the admin.conf ReadAdminKubeconfig read.
 	Kubeconfig string `json:"kubeconfig,omitempty"`
+	// CA is what a CA rotation action did.
+	CA *CAResult `json:"ca,omitempty"`
 }
 
 // CertInfo describes one certificate on a node (the status schema).

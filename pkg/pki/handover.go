@@ -20,15 +20,16 @@ import (
 // the plugin in between relays bytes it cannot read, and no key is ever in
 // an API object, a log or the user's terminal.
 //
-//  1. The receiving agent calls NewHandoverReceiver: an ephemeral key pair
-//     that lives in that agent process's memory only (nothing serialises
-//     the private key). It publishes PublicKey.
+//  1. The receiving agent calls NewHandoverReceiver: an ephemeral key pair.
+//     It publishes PublicKey and keeps the private key on its own node
+//     only: in memory, or (each agent action runs in a process of its own)
+//     in HandoverKeyFile, 0600 in a 0700 folder, until the hand-over is
+//     opened (PrivateKeyBytes, LoadHandoverReceiver).
 //  2. The sending agent calls SealHandover with that public key, the CAs
 //     (their certificates and keys) and the HandoverBinding: the run id,
 //     itself and the receiver.
-//  3. The receiving agent, the very process that made the key pair (a
-//     restarted agent has lost it and must start over with a new one),
-//     calls Open with the binding it expects. Open refuses a tampered
+//  3. The receiving agent, with the key pair it made, calls Open with the
+//     binding it expects. Open refuses a tampered
 //     message, one sealed to another key, or for another run, sender or
 //     receiver, and checks each key against its certificate before the
 //     caller writes anything. A receiver opens one hand-over; after that
@@ -262,10 +263,9 @@ func sealHandoverBytes(receiverPublicKey []byte, b HandoverBinding, plain []byte
 }
 
 // HandoverReceiver is the receiving end of one hand-over. Its private key
-// exists only in this value, in the memory of the agent process that made
-// it: it has no exported field, refuses to be marshalled and prints only
-// its public key's fingerprint. The process that made it must be the one
-// that opens.
+// has no exported field, is refused by the marshallers and never printed
+// (only its public key's fingerprint is); PrivateKeyBytes hands it out
+// explicitly, for the receiving node's own disk.
 type HandoverReceiver struct {
 	key hpke.PrivateKey // nil once a hand-over was opened
 	pub []byte
@@ -282,6 +282,26 @@ func NewHandoverReceiver() (*HandoverReceiver, error) {
 
 func newHandoverReceiver(key hpke.PrivateKey) *HandoverReceiver {
 	return &HandoverReceiver{key: key, pub: append([]byte{handoverVersion}, key.PublicKey().Bytes()...)}
+}
+
+// PrivateKeyBytes is the private key as HPKE serialises it, for the
+// receiving node to keep until it opens the hand-over (HandoverKeyFile);
+// it must never leave that node.
+func (r *HandoverReceiver) PrivateKeyBytes() ([]byte, error) {
+	if r.key == nil {
+		return nil, fmt.Errorf("%w: this receiver has no private key any more", ErrHandoverRefused)
+	}
+	return r.key.Bytes()
+}
+
+// LoadHandoverReceiver is the receiver whose private key PrivateKeyBytes
+// returned.
+func LoadHandoverReceiver(priv []byte) (*HandoverReceiver, error) {
+	key, err := handoverKEM.NewPrivateKey(priv)
+	if err != nil {
+		return nil, fmt.Errorf("%w: the stored receiver key is not a hand-over key: %v", ErrHandoverRefused, err)
+	}
+	return newHandoverReceiver(key), nil
 }
 
 // PublicKey is what the receiver publishes: a version byte and the KEM
@@ -331,9 +351,9 @@ func (r *HandoverReceiver) String() string {
 // GoString keeps %#v from printing the private key's internals.
 func (r *HandoverReceiver) GoString() string { return r.String() }
 
-// MarshalJSON refuses: the private key is never serialised.
+// MarshalJSON refuses: the private key is never serialised by accident.
 func (r *HandoverReceiver) MarshalJSON() ([]byte, error) {
-	return nil, errors.New("a hand-over receiver is not serialised: its private key stays in memory")
+	return nil, errors.New("a hand-over receiver is not serialised: its private key stays on its node")
 }
 
 // MarshalText refuses, as MarshalJSON does.

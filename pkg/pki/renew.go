@@ -36,19 +36,19 @@ type Authority struct {
 	Key  crypto.Signer
 }
 
-// LoadAuthority reads a CA and checks that key and certificate match. A CA
-// whose certificate exists without its key yields ErrExternalCA.
+// LoadAuthority reads a CA and checks that key and certificate match. The
+// certificate file may be a bundle (old and new CA, while a CA rotation
+// has both trusted): the CA is the certificate whose public key is the
+// key's. A CA whose certificate exists without its key yields
+// ErrExternalCA.
 func LoadAuthority(root string, ca CA) (*Authority, error) {
 	certPEM, err := ReadFile(root, ca.CertFile)
 	if err != nil {
 		return nil, fmt.Errorf("CA %s: %w", ca.Name, err)
 	}
-	cert, err := ParseCertificatePEM(certPEM)
+	certs, err := certutil.ParseCertsPEM(certPEM)
 	if err != nil {
 		return nil, fmt.Errorf("CA %s: /%s: %w", ca.Name, ca.CertFile, err)
-	}
-	if !cert.IsCA {
-		return nil, fmt.Errorf("CA %s: /%s is not a CA certificate", ca.Name, ca.CertFile)
 	}
 	keyPEM, err := ReadFile(root, ca.KeyFile)
 	if errors.Is(err, ErrMissing) {
@@ -61,10 +61,18 @@ func LoadAuthority(root string, ca CA) (*Authority, error) {
 	if err != nil {
 		return nil, fmt.Errorf("CA %s: /%s: %w", ca.Name, ca.KeyFile, err)
 	}
-	if !publicKeysEqual(cert.PublicKey, key.Public()) {
-		return nil, fmt.Errorf("CA %s: /%s does not match /%s", ca.Name, ca.KeyFile, ca.CertFile)
+	// During a CA rotation the file is a bundle of the old and the new CA;
+	// the signer is the one whose key is the key file.
+	for _, cert := range certs {
+		if !publicKeysEqual(cert.PublicKey, key.Public()) {
+			continue
+		}
+		if !cert.IsCA {
+			return nil, fmt.Errorf("CA %s: /%s is not a CA certificate", ca.Name, ca.CertFile)
+		}
+		return &Authority{CA: ca, Cert: cert, Key: key}, nil
 	}
-	return &Authority{CA: ca, Cert: cert, Key: key}, nil
+	return nil, fmt.Errorf("CA %s: /%s does not match /%s", ca.Name, ca.KeyFile, ca.CertFile)
 }
 
 // NewKeyLike generates a new private key of the same algorithm and size as

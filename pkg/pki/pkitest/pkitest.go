@@ -264,7 +264,11 @@ func (n *Node) WriteManifests(t testing.TB, ep Endpoints) {
 	n.write(t, "etc/kubernetes/manifests/etcd.yaml", []byte(fmt.Sprintf(etcdManifest, ep.EtcdClient, ep.EtcdPeer, healthPort, healthHost)), 0o600)
 	for name, hp := range map[string]string{"kube-controller-manager": ep.ControllerMgr, "kube-scheduler": ep.Scheduler} {
 		h, p := split(hp)
-		n.write(t, "etc/kubernetes/manifests/"+name+".yaml", []byte(fmt.Sprintf(simpleManifest, name, p, h)), 0o600)
+		manifest := simpleManifest
+		if name == "kube-controller-manager" {
+			manifest = controllerManagerManifest
+		}
+		n.write(t, "etc/kubernetes/manifests/"+name+".yaml", []byte(fmt.Sprintf(manifest, name, p, h)), 0o600)
 	}
 }
 
@@ -289,7 +293,7 @@ metadata: {name: kube-apiserver, namespace: kube-system}
 spec:
   containers:
   - name: kube-apiserver
-    command: [kube-apiserver, --secure-port=%[1]s, --etcd-servers=https://127.0.0.1:2379, --requestheader-client-ca-file=/etc/kubernetes/pki/front-proxy-ca.crt, --proxy-client-cert-file=/etc/kubernetes/pki/front-proxy-client.crt, --proxy-client-key-file=/etc/kubernetes/pki/front-proxy-client.key]
+    command: [kube-apiserver, --secure-port=%[1]s, --etcd-servers=https://127.0.0.1:2379, --client-ca-file=/etc/kubernetes/pki/ca.crt, --etcd-cafile=/etc/kubernetes/pki/etcd/ca.crt, --requestheader-client-ca-file=/etc/kubernetes/pki/front-proxy-ca.crt, --proxy-client-cert-file=/etc/kubernetes/pki/front-proxy-client.crt, --proxy-client-key-file=/etc/kubernetes/pki/front-proxy-client.key]
     ports: [{containerPort: %[1]s, name: probe-port, protocol: TCP}]
     readinessProbe: {httpGet: {host: %[2]s, path: /readyz, port: probe-port, scheme: HTTPS}}
 `
@@ -300,7 +304,7 @@ metadata: {name: etcd, namespace: kube-system}
 spec:
   containers:
   - name: etcd
-    command: [etcd, --listen-client-urls=https://%[1]s, --listen-peer-urls=https://%[2]s]
+    command: [etcd, --listen-client-urls=https://%[1]s, --listen-peer-urls=https://%[2]s, --trusted-ca-file=/etc/kubernetes/pki/etcd/ca.crt, --peer-trusted-ca-file=/etc/kubernetes/pki/etcd/ca.crt]
     ports: [{containerPort: %[3]s, name: probe-port, protocol: TCP}]
     livenessProbe: {httpGet: {host: %[4]s, path: /livez, port: probe-port, scheme: HTTP}}
 `
@@ -314,6 +318,32 @@ spec:
     command: [%[1]s, --bind-address=127.0.0.1]
     ports: [{containerPort: %[2]s, name: probe-port, protocol: TCP}]
     livenessProbe: {httpGet: {host: %[3]s, path: /healthz, port: probe-port, scheme: HTTPS}}
+`
+
+// controllerManagerManifest is kubeadm's kube-controller-manager as far as
+// CA files go: what it trusts, what it signs with, and the hostPath volume
+// they come through.
+const controllerManagerManifest = `apiVersion: v1
+kind: Pod
+metadata: {name: %[1]s, namespace: kube-system}
+spec:
+  containers:
+  - name: %[1]s
+    command:
+    - %[1]s
+    - --bind-address=127.0.0.1
+    - --client-ca-file=/etc/kubernetes/pki/ca.crt
+    - --cluster-signing-cert-file=/etc/kubernetes/pki/ca.crt
+    - --cluster-signing-key-file=/etc/kubernetes/pki/ca.key
+    - --requestheader-client-ca-file=/etc/kubernetes/pki/front-proxy-ca.crt
+    - --root-ca-file=/etc/kubernetes/pki/ca.crt
+    ports: [{containerPort: %[2]s, name: probe-port, protocol: TCP}]
+    livenessProbe: {httpGet: {host: %[3]s, path: /healthz, port: probe-port, scheme: HTTPS}}
+    volumeMounts:
+    - {mountPath: /etc/kubernetes/pki, name: k8s-certs, readOnly: true}
+  volumes:
+  - hostPath: {path: /etc/kubernetes/pki, type: DirectoryOrCreate}
+    name: k8s-certs
 `
 
 // ServingByCSR gives the node a cluster-signed kubelet serving certificate
