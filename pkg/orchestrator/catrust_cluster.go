@@ -303,11 +303,18 @@ func (r *Runner) restartCAReaders(ctx context.Context, scope string, rep *Report
 	if scope == CAReadersKubeSystem {
 		rep.note("CA readers: only kube-system's workloads were looked at: restart those of other namespaces that talk to the API server (kubectl rollout restart) before the new CA issues certificates")
 	}
+	for _, p := range bare {
+		rep.note("CA readers: pod %s reads the cluster CA and has no controller to restart it: restart it yourself (delete and create it again) before the new CA issues certificates", p)
+	}
+	for _, w := range readers {
+		if w.manual != "" {
+			rep.note("CA readers: %s reads the cluster CA once, at start, and cannot be rolled by the plugin (%s): delete its pods yourself once the new CA is trusted", w, w.manual)
+		}
+	}
 	var restarted []string
 	for _, w := range readers {
 		switch {
 		case w.manual != "":
-			rep.note("CA readers: %s reads the cluster CA once, at start, and cannot be rolled by the plugin (%s): delete its pods yourself once the new CA is trusted", w, w.manual)
 			continue
 		case scope == CAReadersNone:
 			rep.note("CA readers: %s reads the cluster CA once, at start, and was not restarted (scope none): restart it yourself (kubectl rollout restart -n %s %s/%s) before the new CA issues certificates", w, w.namespace, strings.ToLower(w.kind), w.name)
@@ -321,9 +328,6 @@ func (r *Runner) restartCAReaders(ctx context.Context, scope string, rep *Report
 		}
 		restarted = append(restarted, w.String())
 		rep.note("CA readers: %s restarted, to trust the new CA", w)
-	}
-	for _, p := range bare {
-		rep.note("CA readers: pod %s reads the cluster CA and has no controller to restart it: restart it yourself (delete and create it again) before the new CA issues certificates", p)
 	}
 	return restarted, nil
 }

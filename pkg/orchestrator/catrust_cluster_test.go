@@ -448,9 +448,13 @@ func TestRestartCAReadersRolloutThatNeverFinishes(t *testing.T) {
 	wc := newWorkloadCluster(t, caReaderObjects()...)
 	wc.stuck = true
 	r := &Runner{Client: wc, Timeout: 100 * time.Millisecond, Poll: 10 * time.Millisecond}
-	got, err := r.restartCAReaders(context.Background(), CAReadersKubeSystem, &Report{})
+	rep := &Report{}
+	got, err := r.restartCAReaders(context.Background(), CAReadersKubeSystem, rep)
 	if err == nil {
 		t.Fatal("no error, want kube-proxy's rollout not finished")
+	}
+	if noteWith(rep, "pod kube-system/debug") == "" || noteWith(rep, "kube-system/DaemonSet/calico-node") == "" {
+		t.Errorf("what needs a manual restart is not noted when a restart fails: %q", rep.Notes)
 	}
 	for _, s := range []string{"kube-system/DaemonSet/kube-proxy", "did not finish", "kubectl rollout status -n kube-system daemonset/kube-proxy", "not restarted yet: kube-system/Deployment/coredns"} {
 		if !strings.Contains(err.Error(), s) {
@@ -567,9 +571,7 @@ func TestCATrustClusterPermissionsCoverEveryRequest(t *testing.T) {
 // actionName is the name of the object an action is about, if one.
 func actionName(a k8stesting.Action) string {
 	switch a := a.(type) {
-	case k8stesting.GetAction:
-		return a.GetName()
-	case k8stesting.PatchAction:
+	case k8stesting.GetAction: // and PatchAction, which has the same GetName
 		return a.GetName()
 	case k8stesting.UpdateAction:
 		if m, err := meta.Accessor(a.GetObject()); err == nil {
