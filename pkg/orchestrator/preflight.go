@@ -83,7 +83,58 @@ var (
 	// and `kubectl describe node` show, selectable by involvedObject.kind.
 	permCreateEvents = permission{verb: "create", resource: "events", namespace: EventNamespace, optional: true}
 	permsEvents      = []permission{permCreateEvents}
+
+	// A CA rotation (trust both) sets the CA bundle in kubeadm's
+	// cluster-info, which `kubeadm join` discovers the cluster from.
+	permsCAClusterInfo = []permission{
+		{verb: "get", resource: "configmaps", namespace: "kube-public", name: clusterInfoName},
+		{verb: "update", resource: "configmaps", namespace: "kube-public", name: clusterInfoName},
+	}
+	// It waits for every namespace's kube-root-ca.crt to hold the bundle
+	// (one List of them all per poll).
+	permsCARootCA = []permission{
+		{verb: "list", resource: "namespaces"},
+		{verb: "list", resource: "configmaps"},
+	}
+	// It finds the workloads that read the CA once, at start (scope none
+	// stops there)...
+	permsCAReadersFind = []permission{
+		{verb: "list", group: "apps", resource: "deployments"},
+		{verb: "list", group: "apps", resource: "daemonsets"},
+		{verb: "list", group: "apps", resource: "statefulsets"},
+		{verb: "list", resource: "pods"},
+		{verb: "get", resource: "serviceaccounts"},
+	}
+	// ... and restarts them one at a time, minding their disruption
+	// budgets.
+	permsCAReadersRestart = []permission{
+		{verb: "get", group: "apps", resource: "deployments"},
+		{verb: "get", group: "apps", resource: "daemonsets"},
+		{verb: "get", group: "apps", resource: "statefulsets"},
+		{verb: "patch", group: "apps", resource: "deployments"},
+		{verb: "patch", group: "apps", resource: "daemonsets"},
+		{verb: "patch", group: "apps", resource: "statefulsets"},
+		{verb: "list", group: "policy", resource: "poddisruptionbudgets"},
+	}
 )
+
+// caReadersPermissions are what restartCAReaders needs with scope: kube-system's
+// workloads only, or every namespace's.
+func caReadersPermissions(scope string) permissions {
+	p := permissions(permsCAReadersFind)
+	if scope != CAReadersNone {
+		p = p.with(permsCAReadersRestart)
+	}
+	if scope != CAReadersKubeSystem {
+		return p
+	}
+	out := make(permissions, len(p))
+	for i, x := range p {
+		x.namespace = Namespace
+		out[i] = x
+	}
+	return out
+}
 
 // permissions is what a command needs, from the list above.
 type permissions []permission
