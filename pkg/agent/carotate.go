@@ -149,10 +149,27 @@ func (a *Agent) caPrepare(req api.Request) (*api.CAResult, error) {
 		t.end()
 		return nil, errors.New("new CAs are made on a control plane, and this node is none")
 	}
+	current := map[string]string{}
+	var curs []*pki.Authority
+	for _, ca := range l.rotationCAs() {
+		cur, err := pki.LoadAuthority(a.Root, ca)
+		if errors.Is(err, pki.ErrExternalCA) {
+			t.end()
+			return nil, fmt.Errorf("CA %s has no key on this node (an external CA): its owner rotates it, kubectl rotate-certs cannot", ca.Name)
+		}
+		if err != nil {
+			t.end()
+			return nil, err
+		}
+		current[ca.Name] = string(pki.EncodeCertPEM(cur.Cert))
+		curs = append(curs, cur)
+	}
 	staged, err := a.readStaged(l, cr.Rotation)
 	if err == nil {
 		t.end()
-		return stagedResult(staged), nil
+		res := stagedResult(staged)
+		res.Current = current
+		return res, nil
 	}
 	if !errors.Is(err, errNotStaged) {
 		t.end()
@@ -160,18 +177,10 @@ func (a *Agent) caPrepare(req api.Request) (*api.CAResult, error) {
 	}
 	now := a.Now()
 	var next []*pki.Authority
-	for _, ca := range l.rotationCAs() {
-		cur, err := pki.LoadAuthority(a.Root, ca)
-		if errors.Is(err, pki.ErrExternalCA) {
+	for _, cur := range curs {
+		if !now.Before(cur.Cert.NotAfter) {
 			t.end()
-			return nil, fmt.Errorf("CA %s has no key on this node (an external CA): its owner rotates it, kubectl rotate-certs cannot", ca.Name)
-		}
-		if err == nil && !now.Before(cur.Cert.NotAfter) {
-			err = fmt.Errorf("CA %s expired on %s: nothing in the cluster trusts anything any more, so there is no downtime to avoid; a CA rotation starts from a working cluster", ca.Name, cur.Cert.NotAfter.UTC().Format(time.RFC3339))
-		}
-		if err != nil {
-			t.end()
-			return nil, err
+			return nil, fmt.Errorf("CA %s expired on %s: nothing in the cluster trusts anything any more, so there is no downtime to avoid; a CA rotation starts from a working cluster", cur.CA.Name, cur.Cert.NotAfter.UTC().Format(time.RFC3339))
 		}
 		n, _, err := pki.NewCALike(cur, cr.KeyAlgorithm, cr.Validity, now)
 		if err != nil {
@@ -183,7 +192,9 @@ func (a *Agent) caPrepare(req api.Request) (*api.CAResult, error) {
 	if err := a.stage(t, cr.Rotation, next); err != nil {
 		return nil, err
 	}
-	return stagedResult(next), nil
+	res := stagedResult(next)
+	res.Current = current
+	return res, nil
 }
 
 // caHandoverKey makes the receiving control plane's hand-over key pair and

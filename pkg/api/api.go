@@ -222,6 +222,9 @@ type CAResult struct {
 	// Staged are the certificates (PEM) of the CAs staged on the node, by
 	// kubeadm CA name.
 	Staged map[string]string `json:"staged,omitempty"`
+	// Current are the certificates (PEM) of the CAs that sign now, by
+	// kubeadm CA name (CAPrepare): the ones the rotation replaces.
+	Current map[string]string `json:"current,omitempty"`
 	// PublicKey is the hand-over key CAHandoverKey made.
 	PublicKey []byte `json:"publicKey,omitempty"`
 	// Sealed is what CAHandoverSeal made.

@@ -27,6 +27,8 @@ const (
 	ReasonRotationFailed = "CertificateRotationFailed"
 	ReasonRolledBack     = "CertificatesRolledBack"
 	ReasonRollbackFailed = "CertificateRollbackFailed"
+	ReasonCATrustChanged = "CATrustChanged"
+	ReasonCATrustFailed  = "CATrustChangeFailed"
 
 	// maxEventMessage keeps a message readable (and within what
 	// events.k8s.io allows a note).
@@ -45,6 +47,9 @@ var (
 	// recover renews certificates too: its events are CertificatesRotated.
 	recoverEvent  = eventKind{command: "kubectl rotate-certs recover", done: ReasonRotated, failed: ReasonRotationFailed, action: "Recover", verb: "renewed"}
 	rollbackEvent = eventKind{command: "kubectl rotate-certs rollback", done: ReasonRolledBack, failed: ReasonRollbackFailed, action: "Rollback", verb: "restored"}
+	// A CA rotation's trust changes carry no certificate rows: only a
+	// failure is recorded.
+	caTrustEvent = eventKind{command: "kubectl rotate-certs ca", done: ReasonCATrustChanged, failed: ReasonCATrustFailed, action: "TrustCA", verb: "changed"}
 )
 
 // nodeEvent records, as an Event on the node's Node object, how the run's

@@ -21,10 +21,17 @@ import (
 func newCmdCA(streams genericiooptions.IOStreams, newFactory NewFactoryFunc) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "ca",
-		Short: "Inspect the cluster's certificate authorities",
-		Args:  cobra.NoArgs,
+		Short: "Inspect and rotate the cluster's certificate authorities",
+		Long: `Inspect the cluster's CAs (ca status) and replace them without downtime, in
+phases that each run on their own and can be run again after an
+interruption: ca prepare makes the new CAs, ca trust makes everything trust the
+old and the new. ca rollback undoes them.`,
+		Args: cobra.NoArgs,
 	}
 	cmd.AddCommand(newCmdCAStatus(streams, newFactory))
+	for _, phase := range []string{caPhasePrepare, caPhaseTrust, caPhaseRollback} {
+		cmd.AddCommand(newCmdCAPhase(streams, newFactory, phase))
+	}
 	return cmd
 }
 

@@ -10,6 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/api"
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/orchestrator"
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/pki"
 )
 
@@ -27,12 +28,14 @@ const completionTimeout = 5 * time.Second
 // registerCompletions registers the completion of the flags a command has.
 func (f *commonFlags) registerCompletions(cmd *cobra.Command) {
 	fns := map[string]cobra.CompletionFunc{
-		"nodes":   f.completeNodes,
-		"context": f.completeKubeconfig(func(c contextsClustersUsers) []string { return c.contexts }),
-		"cluster": f.completeKubeconfig(func(c contextsClustersUsers) []string { return c.clusters }),
-		"user":    f.completeKubeconfig(func(c contextsClustersUsers) []string { return c.users }),
-		"output":  fixedCompletions(outputFormats...),
-		"restart": fixedCompletions(api.RestartNeeded, api.RestartAll),
+		"nodes":             f.completeNodes,
+		"context":           f.completeKubeconfig(func(c contextsClustersUsers) []string { return c.contexts }),
+		"cluster":           f.completeKubeconfig(func(c contextsClustersUsers) []string { return c.clusters }),
+		"user":              f.completeKubeconfig(func(c contextsClustersUsers) []string { return c.users }),
+		"output":            fixedCompletions(outputFormats...),
+		"restart":           fixedCompletions(api.RestartNeeded, api.RestartAll),
+		"restart-workloads": fixedCompletions(orchestrator.CAReadersAll, orchestrator.CAReadersKubeSystem, orchestrator.CAReadersNone),
+		"key-algorithm":     fixedCompletions(pki.CAKeyAlgorithms...),
 		"service": listCompletions(func() []string {
 			names := make([]string, len(pki.Services))
 			for i, s := range pki.Services {

@@ -20,14 +20,14 @@ const APIVersion = "rotate-certs.io/v1alpha1"
 type TypeMeta struct {
 	// APIVersion is rotate-certs.io/v1alpha1.
 	APIVersion string `json:"apiVersion"`
-	// Kind is RotationReport, RollbackReport, RecoverReport, StatusReport
-	// or CAStatusReport.
+	// Kind is RotationReport, RollbackReport, RecoverReport, StatusReport,
+	// CAStatusReport or CARotationReport.
 	Kind string `json:"kind"`
 }
 
-// Kinds of reports. RotationReport, RollbackReport and RecoverReport share
-// one schema (RotationReport); StatusReport and CAStatusReport have their
-// own.
+// Kinds of reports. RotationReport, RollbackReport, RecoverReport and
+// CARotationReport share one schema (RotationReport); StatusReport and
+// CAStatusReport have their own.
 const (
 	// KindRotation is the report of a rotation (kubectl rotate-certs --all
 	// or --service), and, with dryRun true, of its plan (--dry-run).
@@ -40,6 +40,10 @@ const (
 	KindStatus = "StatusReport"
 	// KindCAStatus is the report of kubectl rotate-certs ca status.
 	KindCAStatus = "CAStatusReport"
+	// KindCARotation is the report of a CA rotation phase (kubectl
+	// rotate-certs ca prepare, trust, rollback): a RotationReport whose
+	// caRotation says where the rotation stands.
+	KindCARotation = "CARotationReport"
 )
 
 // Results of a run.
@@ -84,6 +88,33 @@ type RotationReport struct {
 	// run, kube-proxy's pods restarted, an audit event that could not be
 	// recorded).
 	Notes []string `json:"notes,omitempty"`
+	// CARotation (CARotationReport) is the CA rotation the phase worked on.
+	CARotation *CARotation `json:"caRotation,omitempty"`
+}
+
+// CARotation is where a CA rotation stands.
+type CARotation struct {
+	// ID names the rotation (its record, kube-system/rotate-certs-ca).
+	ID string `json:"id"`
+	// PhaseRun is the phase this command ran (prepare, trust, rollback);
+	// Phase is the last phase completed on every node (prepared,
+	// trusted), empty before prepare completed and after a rollback.
+	PhaseRun string `json:"phaseRun"`
+	Phase    string `json:"phase,omitempty"`
+	// CAs are the rotated kubeadm CAs: their old and new ids.
+	CAs []CAPair `json:"cas,omitempty"`
+	// RestartedWorkloads are the workloads restarted to read the new CA
+	// (namespace/Kind/name).
+	RestartedWorkloads []string `json:"restartedWorkloads,omitempty"`
+}
+
+// CAPair is one kubeadm CA of a rotation.
+type CAPair struct {
+	// Name is kubeadm's: ca, front-proxy-ca, etcd-ca.
+	Name string `json:"name"`
+	// Old and New are CA ids (16 hex digits, as ca status prints them).
+	Old string `json:"old"`
+	New string `json:"new"`
 }
 
 // NodeReport is what happened on one node.
