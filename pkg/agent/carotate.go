@@ -12,6 +12,7 @@ import (
 	"os"
 	"path"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -29,9 +30,13 @@ import (
 // errNotStaged: the node has no staged CAs for the rotation.
 var errNotStaged = errors.New("no new CAs are staged on this node")
 
-// rotationCAs are the CAs a rotation replaces on this node: all of
-// kubeadm's, but etcd's only where this cluster runs etcd (stacked).
+// rotationCAs are the CAs a rotation replaces on this node: on a control
+// plane all of kubeadm's (etcd's where it runs etcd, stacked), on a worker
+// the cluster CA, the only one it holds.
 func (l layout) rotationCAs() []pki.CA {
+	if !l.controlPlane {
+		return []pki.CA{pki.ClusterCA}
+	}
 	out := []pki.CA{pki.ClusterCA, pki.FrontProxyCA}
 	if !l.externalEtcd {
 		out = append(out, pki.EtcdCA)
@@ -375,8 +380,14 @@ func (a *Agent) caDiscard(req api.Request) error {
 			return t.abort(err)
 		}
 	}
-	_, err = t.commit()
-	return err
+	if _, err := t.commit(); err != nil {
+		return err
+	}
+	// The folder itself, once empty (a restore would make it again).
+	if dir, err := pki.Resolve(a.Root, pki.StagingDir); err == nil {
+		_ = os.Remove(dir)
+	}
+	return nil
 }
 
 // retrustPlan is what caTrust writes: every trust point of the node
@@ -549,6 +560,10 @@ func (a *Agent) caTrust(ctx context.Context, req api.Request) (*api.RenewResult,
 	if st, err := a.kubeletStatus(ctx); err == nil {
 		oldPID = st.PID
 	}
+	manifestChanged := false
+	for _, f := range files {
+		manifestChanged = manifestChanged || f.Path == pki.ControllerManagerManifest
+	}
 	if err := t.start("ca-trust-" + cr.Trust); err != nil {
 		t.end()
 		return res, nil, err
@@ -568,9 +583,16 @@ func (a *Agent) caTrust(ctx context.Context, req api.Request) (*api.RenewResult,
 		}
 		if l.controlPlane {
 			all := map[pki.Service]bool{pki.ServiceEtcd: true, pki.ServiceAPIServer: true, pki.ServiceControllerManager: true, pki.ServiceScheduler: true}
-			reread := map[pki.Service]bool{pki.ServiceControllerManager: true, pki.ServiceScheduler: true}
+			// A changed manifest has the kubelet re-create
+			// kube-controller-manager by itself: it is waited for below.
+			reread := map[pki.Service]bool{pki.ServiceControllerManager: !manifestChanged, pki.ServiceScheduler: true}
 			if err := a.settle(txCtx, l, all, reread, nil, true, req.Graceful, res); err != nil {
 				return err
+			}
+			if manifestChanged {
+				if err := a.awaitRecreated(txCtx, "kube-controller-manager", "--cluster-signing-cert-file=", pki.SignerCertName, res); err != nil {
+					return err
+				}
 			}
 		}
 		restarted = true
@@ -697,4 +719,52 @@ func (a *Agent) waitAccepted(ctx context.Context, url string, cert *tls.Certific
 		case <-time.After(300 * time.Millisecond):
 		}
 	}
+}
+
+// awaitRecreated waits until the kubelet re-created a static pod from its
+// changed manifest: one process of it whose command line has an argument
+// starting with flag and ending with value, healthy.
+func (a *Agent) awaitRecreated(ctx context.Context, name, flag, value string, res *api.RenewResult) error {
+	sp, err := readStaticPod(a.Root, name)
+	if err != nil {
+		return err
+	}
+	u, err := sp.healthURL()
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, a.Timeout)
+	defer cancel()
+	last := fmt.Errorf("no %s process started from the new manifest yet", name)
+	for {
+		ps, err := findProcesses(a.ProcDir, name)
+		if err == nil && len(ps) == 1 && hasArg(a.ProcDir, ps[0].pid, flag, value) {
+			if last = a.healthy(ctx, u); last == nil {
+				res.Restarted = append(res.Restarted, api.Restarted{Component: name, NewPID: ps[0].pid, Seconds: time.Since(start).Seconds()})
+				res.Verified = append(res.Verified, fmt.Sprintf("the kubelet re-created %s from its changed manifest (pid %d, %s...%s)", name, ps[0].pid, flag, value))
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s was not re-created from its changed manifest within %s: %v", name, a.Timeout, last)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// hasArg tells whether a process's command line has an argument that
+// starts with prefix and ends with suffix.
+func hasArg(procDir string, pid int, prefix, suffix string) bool {
+	data, err := os.ReadFile(path.Join(procDir, strconv.Itoa(pid), "cmdline"))
+	if err != nil {
+		return false
+	}
+	for _, arg := range strings.Split(string(data), "\x00") {
+		if strings.HasPrefix(arg, prefix) && strings.HasSuffix(arg, suffix) {
+			return true
+		}
+	}
+	return false
 }

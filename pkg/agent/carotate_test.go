@@ -154,7 +154,7 @@ func TestCARotationPrepareHandoverTrust(t *testing.T) {
 		}
 	}
 	verified := strings.Join(res.Renew.Verified, "\n")
-	for _, c := range []string{"kube-apiserver accepts", "kubelet accepts", "etcd accepts"} {
+	for _, c := range []string{"kube-apiserver accepts", "kubelet accepts", "etcd accepts", "the kubelet re-created kube-controller-manager"} {
 		if !strings.Contains(verified, c) {
 			t.Errorf("not verified: %s (%s)", c, verified)
 		}
@@ -214,6 +214,9 @@ func TestCARotationPrepareHandoverTrust(t *testing.T) {
 		if pki.Exists(cp2.root, pki.Staged(ca).KeyFile) {
 			t.Errorf("%s stayed", pki.Staged(ca).KeyFile)
 		}
+	}
+	if pki.Exists(cp2.root, pki.StagingDir) {
+		t.Error("the staging folder stayed")
 	}
 }
 

@@ -123,6 +123,7 @@ func newFakeNodeSince(t *testing.T, name string, alg pkitest.Algorithm, cp *fake
 			return &tls.Config{Certificates: []tls.Certificate{*c}, ClientCAs: cas, ClientAuth: tls.RequireAndVerifyClientCert}
 		}
 	}
+	defer f.watchManifest("kube-controller-manager")
 	f.node.WriteManifests(t, pkitest.Endpoints{
 		APIServer:     api,
 		EtcdClient:    f.serveTLSConfig(etcdCert("etc/kubernetes/pki/etcd/server"), okHandler()),
@@ -132,6 +133,40 @@ func newFakeNodeSince(t *testing.T, name string, alg pkitest.Algorithm, cp *fake
 		Scheduler:     f.serveHTTPS(okHandler()),
 	})
 	return f
+}
+
+// watchManifest plays the kubelet for a static pod: when its manifest
+// changes, the pod is re-created with the manifest's command line.
+func (f *fakeNode) watchManifest(name string) {
+	read := func() ([]byte, []string) {
+		data, err := pki.ReadFile(f.root, pki.ManifestsDir+"/"+name+".yaml")
+		if err != nil {
+			return nil, nil
+		}
+		pod, err := pki.ParseStaticPod(data)
+		if err != nil || len(pod.Spec.Containers) == 0 {
+			return data, nil
+		}
+		c := pod.Spec.Containers[0]
+		return data, append(append([]string{}, c.Command[1:]...), c.Args...)
+	}
+	seen, args := read()
+	f.proc.setArgs(name, args)
+	stop := make(chan struct{})
+	f.t.Cleanup(func() { close(stop) })
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			if data, args := read(); data != nil && string(data) != string(seen) {
+				seen = data
+				f.proc.recreate(name, args)
+			}
+		}
+	}()
 }
 
 // agent is an agent for this node that reaches only the node's servers.
@@ -339,6 +374,7 @@ type fakeProc struct {
 	mu      sync.Mutex
 	next    int
 	pids    map[string]int
+	args    map[string][]string // command-line arguments after argv[0]
 	onStart func(name string)
 	// onSignal, if set, says whether a signalled process dies (and so
 	// comes back with a new PID).
@@ -346,7 +382,7 @@ type fakeProc struct {
 }
 
 func newFakeProc(t *testing.T, onRestart func(string)) *fakeProc {
-	p := &fakeProc{t: t, dir: t.TempDir(), next: 1000, pids: map[string]int{}, onStart: onRestart}
+	p := &fakeProc{t: t, dir: t.TempDir(), next: 1000, pids: map[string]int{}, args: map[string][]string{}, onStart: onRestart}
 	must(t, os.WriteFile(filepath.Join(p.dir, "stat"), []byte(fmt.Sprintf("cpu 1 2 3\nbtime %d\n", time.Now().Add(-time.Hour).Unix())), 0o644))
 	return p
 }
@@ -358,11 +394,41 @@ func (p *fakeProc) start(name string) int {
 	pid := p.next
 	dir := filepath.Join(p.dir, strconv.Itoa(pid))
 	must(p.t, os.MkdirAll(dir, 0o755))
-	must(p.t, os.WriteFile(filepath.Join(dir, "cmdline"), []byte("/usr/bin/"+name+"\x00--v=2\x00"), 0o644))
+	p.writeCmdline(dir, name)
 	// starttime (field 22) in ticks since boot: an hour ago plus the pid.
 	must(p.t, os.WriteFile(filepath.Join(dir, "stat"), []byte(fmt.Sprintf("%d (%s) S 1 1 1 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 %d 0 0", pid, name, 360000+pid)), 0o644))
 	p.pids[name] = pid
 	return pid
+}
+
+// writeCmdline writes the process's command line (into its /proc dir).
+func (p *fakeProc) writeCmdline(dir, name string) {
+	args := p.args[name]
+	if args == nil {
+		args = []string{"--v=2"}
+	}
+	cmdline := "/usr/bin/" + name + "\x00"
+	for _, a := range args {
+		cmdline += a + "\x00"
+	}
+	must(p.t, os.WriteFile(filepath.Join(dir, "cmdline"), []byte(cmdline), 0o644))
+}
+
+// setArgs gives the running process name these arguments.
+func (p *fakeProc) setArgs(name string, args []string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.args[name] = args
+	p.writeCmdline(filepath.Join(p.dir, strconv.Itoa(p.pids[name])), name)
+}
+
+// recreate replaces a process by one with new arguments, as the kubelet
+// re-creates a static pod whose manifest changed.
+func (p *fakeProc) recreate(name string, args []string) {
+	p.mu.Lock()
+	p.args[name] = args
+	p.mu.Unlock()
+	_ = p.restart(name)
 }
 
 func (p *fakeProc) pid(name string) int {

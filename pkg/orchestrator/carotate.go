@@ -36,6 +36,9 @@ const caRecordKey = "rotation.json"
 const (
 	CAPhasePrepared = "prepared"
 	CAPhaseTrusted  = "trusted"
+	// CAPhaseRolledBack is only reported: a rolled-back rotation leaves
+	// no record.
+	CAPhaseRolledBack = "rolled-back"
 )
 
 // CARotation is the cluster's record of a CA rotation.
@@ -389,6 +392,7 @@ func (r *Runner) CATrust(ctx context.Context, o CAOptions) (rep *CAReport, err e
 	}
 	workerReps := make([]Report, len(run.workers))
 	errs := rollout(ctx, len(run.workers), o.Parallelism.Cap(len(run.workers)), func(i int) error {
+		workerReps[i].Run, workerReps[i].User = rep.Run, rep.User
 		return trust(ctx, run.workers[i], &workerReps[i])
 	})
 	for i := range workerReps {
@@ -555,6 +559,7 @@ func (r *Runner) CARollback(ctx context.Context, o CAOptions) (rep *CAReport, er
 		}
 		workerReps := make([]Report, len(run.workers))
 		errs := rollout(ctx, len(run.workers), o.Parallelism.Cap(len(run.workers)), func(i int) error {
+			workerReps[i].Run, workerReps[i].User = rep.Run, rep.User
 			return run.trustNode(ctx, run.workers[i], &workerReps[i], pki.TrustOld, graceful)
 		})
 		for i := range workerReps {
@@ -580,6 +585,7 @@ func (r *Runner) CARollback(ctx context.Context, o CAOptions) (rep *CAReport, er
 	if err := r.Client.CoreV1().ConfigMaps(Namespace).Delete(ctx, CARecordName, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 		return rep, fmt.Errorf("removing the CA rotation's record: %w", err)
 	}
+	rec.Phase = CAPhaseRolledBack
 	rep.note("CA rotation %s rolled back: every node trusts the old CAs only, and the new CAs are gone", rec.ID)
 	return rep, nil
 }

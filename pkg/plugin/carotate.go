@@ -180,7 +180,7 @@ func caNextStep(phase string) string {
 	case caPhaseTrust:
 		return "every node trusts the old and the new CAs; check with: kubectl rotate-certs ca status; undo: kubectl rotate-certs ca rollback"
 	}
-	return "done"
+	return "every node trusts the old CAs only; check with: kubectl rotate-certs ca status"
 }
 
 // toCAReport is the CARotationReport of a phase.
