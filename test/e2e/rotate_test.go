@@ -233,6 +233,21 @@ func TestRotate(t *testing.T) {
 			t.Errorf("the layout changed: %v %s", err, out)
 		}
 	})
+
+	t.Run("ca rotation: prepare, trust, rollback", func(t *testing.T) {
+		e.t = t
+		failures, stop := e.pollAPI()
+		old, next, prepare, trust := e.caPrepareAndTrust()
+		stop()
+		// One control plane: etcd and kube-apiserver restart to read the
+		// bundles, an outage of seconds (measured, reported).
+		t.Logf("ca prepare %s, ca trust %s; %d API polls (every 200 ms) failed during them", prepare.Round(100*time.Millisecond), trust.Round(100*time.Millisecond), failures.Load())
+		e.checkNodesReady()
+		e.checkNoAgentPods()
+		e.caRollback(old, next)
+		e.checkNodesReady()
+		e.checkNoAgentPods()
+	})
 }
 
 // status runs `kubectl rotate-certs status -o json` and returns its
@@ -269,4 +284,17 @@ func TestRotateHA(t *testing.T) {
 	e.checkServes(after)
 	e.checkNodesReady()
 	e.checkNoAgentPods()
+
+	t.Run("ca rotation under load", func(t *testing.T) {
+		e.t = t
+		failures, stop := e.pollAPI()
+		_, _, prepare, trust := e.caPrepareAndTrust()
+		stop()
+		t.Logf("ca prepare %s, ca trust %s", prepare.Round(100*time.Millisecond), trust.Round(100*time.Millisecond))
+		if f := failures.Load(); f > 0 {
+			t.Errorf("%d API requests through the load balancer failed during the CA rotation's phases", f)
+		}
+		e.checkNodesReady()
+		e.checkNoAgentPods()
+	})
 }

@@ -1,0 +1,260 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"slices"
+	"strings"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/pki"
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/report"
+)
+
+// caIDs reads the CA ids a node's kubeadm CA file holds, in order.
+func (e *env) caIDs(node string, ca pki.CA) []string {
+	e.t.Helper()
+	data, err := e.cluster.Exec(context.Background(), node, nil, "cat", "/"+ca.CertFile)
+	if err != nil {
+		e.t.Fatalf("node %s: cat /%s: %v", node, ca.CertFile, err)
+	}
+	return bundleIDs(e.t, data)
+}
+
+func bundleIDs(t interface{ Fatalf(string, ...any) }, data []byte) []string {
+	certs, err := pki.ParseCABundle(data)
+	if err != nil {
+		t.Fatalf("CA bundle: %v", err)
+	}
+	var ids []string
+	for _, c := range certs {
+		ids = append(ids, pki.CAID(c))
+	}
+	return ids
+}
+
+// nodeCAs are the kubeadm CAs a node holds.
+func (e *env) nodeCAs(node string) []pki.CA {
+	if slices.Contains(e.cps, node) {
+		return pki.CAs
+	}
+	return []pki.CA{pki.ClusterCA}
+}
+
+// caFiles maps node -> kubeadm CA name -> the ids its CA file holds.
+func (e *env) caFiles() map[string]map[string][]string {
+	out := map[string]map[string][]string{}
+	for _, n := range e.nodes() {
+		out[n] = map[string][]string{}
+		for _, ca := range e.nodeCAs(n) {
+			out[n][ca.Name] = e.caIDs(n, ca)
+		}
+	}
+	return out
+}
+
+// stagedAuthority reads the new cluster CA a control plane staged: the
+// test's own proof that the cluster accepts (or refuses) what it signs.
+func (e *env) stagedAuthority(node string) *pki.Authority {
+	e.t.Helper()
+	st := pki.Staged(pki.ClusterCA)
+	read := func(rel string) []byte {
+		data, err := e.cluster.Exec(context.Background(), node, nil, "cat", "/"+rel)
+		if err != nil {
+			e.t.Fatalf("node %s: cat /%s: %v", node, rel, err)
+		}
+		return data
+	}
+	cert, err := pki.ParseCertificatePEM(read(st.CertFile))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	key, err := pki.ParsePrivateKeyPEM(read(st.KeyFile))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return &pki.Authority{CA: pki.ClusterCA, Cert: cert, Key: key}
+}
+
+// apiAccepts asks the API server, through the kind endpoint, for /api with
+// a client certificate of ca: authenticated (403 for this unknown user) or
+// refused (401).
+func (e *env) apiAccepts(ca *pki.Authority) bool {
+	e.t.Helper()
+	key, err := pki.NewECDSAKey()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{Subject: pkix.Name{CommonName: "e2e:ca-probe"}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
+	issued, err := ca.Issue(tmpl, key.Public(), time.Hour, time.Now())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cfg := rest.AnonymousClientConfig(e.config)
+	cfg.CertData, cfg.KeyData = issued.CertPEM, issued.KeyPEM
+	// Trust whatever the cluster serves: the probe is about the client side.
+	cfg.Insecure, cfg.CAData, cfg.CAFile = true, nil, ""
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for {
+		err = client.Discovery().RESTClient().Get().AbsPath("/api").Do(ctx).Error()
+		switch {
+		case apierrors.IsForbidden(err) || err == nil:
+			return true
+		case apierrors.IsUnauthorized(err):
+			return false
+		}
+		if ctx.Err() != nil {
+			e.t.Fatalf("probing the API with a certificate of CA %s: %v", pki.CAID(ca.Cert), err)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// checkTrustBoth judges the trust phase from outside: every node's CA
+// files hold the old CA then the new one; ca status finds every trust
+// point of every node holding exactly both (kube-controller-manager still
+// signing with the old one) and calls it consistent; kube-root-ca.crt and
+// cluster-info carry both; the API server authenticates a client
+// certificate of the new CA.
+func (e *env) checkTrustBoth(old map[string]map[string][]string, next *pki.Authority) {
+	e.t.Helper()
+	newIDs := map[string]string{}
+	for _, n := range e.nodes() {
+		for _, ca := range e.nodeCAs(n) {
+			got := e.caIDs(n, ca)
+			if len(got) != 2 || got[0] != old[n][ca.Name][0] {
+				e.t.Errorf("node %s: /%s holds %v, want the old CA %v and the new one", n, ca.CertFile, got, old[n][ca.Name])
+				continue
+			}
+			if prev, ok := newIDs[ca.Name]; ok && prev != got[1] {
+				e.t.Errorf("node %s: new CA %s is %s, another node has %s", n, ca.Name, got[1], prev)
+			}
+			newIDs[ca.Name] = got[1]
+		}
+	}
+	if newIDs["ca"] != pki.CAID(next.Cert) {
+		e.t.Errorf("the nodes trust new cluster CA %s, the staged one is %s", newIDs["ca"], pki.CAID(next.Cert))
+	}
+	out := e.mustPlugin("ca", "status", "-o", "json")
+	var rep report.CAStatusReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		e.t.Fatalf("ca status -o json: %v", err)
+	}
+	if !rep.Consistent || len(rep.Errors) > 0 {
+		e.t.Errorf("ca status: consistent %v findings %q errors %v", rep.Consistent, rep.Findings, rep.Errors)
+	}
+	for _, tp := range rep.TrustPoints {
+		want := []string{old[tp.Node][tp.CA][0], newIDs[tp.CA]}
+		if !slices.Equal(tp.CAs, want) {
+			e.t.Errorf("node %s: %s %s (%s) trusts %v, want %v", tp.Node, tp.Reader, tp.Setting, tp.Path, tp.CAs, want)
+		}
+	}
+	for _, s := range rep.Signers {
+		if !slices.Equal(s.CAs, []string{old[s.Node][s.CA][0]}) || !strings.HasSuffix(s.Path, "/ca-signer.crt") {
+			e.t.Errorf("node %s: %s signs with %v from %s, want the old CA alone from ca-signer.crt", s.Node, s.Reader, s.CAs, s.Path)
+		}
+	}
+	ctx := context.Background()
+	want := []string{old[e.cps[0]]["ca"][0], newIDs["ca"]}
+	root, err := e.client.CoreV1().ConfigMaps("default").Get(ctx, "kube-root-ca.crt", metav1.GetOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if got := bundleIDs(e.t, []byte(root.Data["ca.crt"])); !slices.Equal(got, want) {
+		e.t.Errorf("kube-root-ca.crt in default holds %v, want %v", got, want)
+	}
+	info, err := e.client.CoreV1().ConfigMaps("kube-public").Get(ctx, "cluster-info", metav1.GetOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cfg, err := clientcmd.Load([]byte(info.Data["kubeconfig"]))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for name, c := range cfg.Clusters {
+		if got := bundleIDs(e.t, c.CertificateAuthorityData); !slices.Equal(got, want) {
+			e.t.Errorf("cluster-info cluster %s trusts %v, want %v", name, got, want)
+		}
+	}
+	if !e.apiAccepts(next) {
+		e.t.Error("the API server refuses a client certificate of the new CA after the trust phase")
+	}
+}
+
+// caPrepareAndTrust runs the first two phases, judging each, and returns
+// the CA files before, the new cluster CA and the time of each phase.
+func (e *env) caPrepareAndTrust() (map[string]map[string][]string, *pki.Authority, time.Duration, time.Duration) {
+	e.t.Helper()
+	old := e.caFiles()
+	start := time.Now()
+	e.mustPlugin("ca", "prepare")
+	prepare := time.Since(start)
+	next := e.stagedAuthority(e.cps[0])
+	for _, cp := range e.cps[1:] {
+		if got := e.stagedAuthority(cp); !got.Cert.Equal(next.Cert) || !pki.SamePublicKey(got.Key.Public(), next.Key.Public()) {
+			e.t.Errorf("control plane %s staged another new CA than %s", cp, e.cps[0])
+		}
+	}
+	if after := e.caFiles(); !equalCAFiles(after, old) {
+		e.t.Errorf("prepare changed CA files: %v -> %v", old, after)
+	}
+	if e.apiAccepts(next) {
+		e.t.Fatal("the API server accepts a certificate of the new CA before the trust phase: the probe proves nothing")
+	}
+	start = time.Now()
+	e.mustPlugin("ca", "trust")
+	trust := time.Since(start)
+	e.checkTrustBoth(old, next)
+	return old, next, prepare, trust
+}
+
+func equalCAFiles(a, b map[string]map[string][]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for n, m := range a {
+		for ca, ids := range m {
+			if !slices.Equal(ids, b[n][ca]) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// caRollback undoes the rotation and judges it: every CA file as before,
+// the API refusing the new CA again, the staged CAs and the record gone.
+func (e *env) caRollback(old map[string]map[string][]string, next *pki.Authority) {
+	e.t.Helper()
+	e.mustPlugin("ca", "rollback")
+	if after := e.caFiles(); !equalCAFiles(after, old) {
+		e.t.Errorf("after ca rollback the CA files hold %v, want %v", after, old)
+	}
+	if e.apiAccepts(next) {
+		e.t.Error("the API server still accepts a certificate of the new CA after ca rollback")
+	}
+	for _, cp := range e.cps {
+		if out, err := e.cluster.Exec(context.Background(), cp, nil, "ls", "/"+pki.StagingDir); err == nil {
+			e.t.Errorf("node %s: %s left behind: %s", cp, pki.StagingDir, out)
+		}
+	}
+	if _, err := e.client.CoreV1().ConfigMaps("kube-system").Get(context.Background(), "rotate-certs-ca", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		e.t.Errorf("the CA rotation's record is still there: %v", err)
+	}
+	e.checkCAStatus()
+}
