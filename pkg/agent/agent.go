@@ -119,6 +119,10 @@ func (a *Agent) Handle(ctx context.Context, req api.Request) api.Result {
 		res.Renew, res.CA, err = a.caTrust(ctx, req)
 	case api.CADiscard:
 		err = a.caDiscard(req)
+	case api.CASwitch:
+		res.Renew, res.CA, err = a.caSwitch(ctx, req)
+	case api.CASign:
+		res.CA, err = a.caSign(req)
 	case api.Ping:
 	default:
 		err = fmt.Errorf("unknown action %q", req.Action)

@@ -768,3 +768,195 @@ func hasArg(procDir string, pid int, prefix, suffix string) bool {
 	}
 	return false
 }
+
+// caSwitchServices are what the switch re-issues on a control plane; the
+// kubelet's certificates come through the CSR API (the plugin's part).
+var caSwitchServices = []string{string(pki.ServiceEtcd), string(pki.ServiceAPIServer), string(pki.ServiceControllerManager), string(pki.ServiceScheduler), string(pki.ServiceAdmin)}
+
+// caSwitch makes the staged new CAs the signers of a control plane and
+// re-issues with them every certificate its CAs signed there, as one
+// transaction: each CA file becomes new-then-old with the new key,
+// kube-controller-manager's signer files the new cluster CA, every leaf
+// (etcd, kube-apiserver, front-proxy, the kubeconfigs) is re-issued with
+// its subject, names and key algorithm; then everything is restarted
+// (kube-apiserver drained first behind a load balancer) and the new
+// serving certificates are proven served. The trust phase must be done:
+// every trust point trusts the new CAs before they sign anything.
+func (a *Agent) caSwitch(ctx context.Context, req api.Request) (*api.RenewResult, *api.CAResult, error) {
+	cr, err := caRequest(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	l, t, res, err := a.beginTxn(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	fail := func(err error) (*api.RenewResult, *api.CAResult, error) {
+		t.end()
+		return res, nil, err
+	}
+	if !l.controlPlane {
+		return fail(errors.New("issuers switch on control planes; a worker only gets its kubelet certificates anew"))
+	}
+	staged, err := a.readStaged(l, cr.Rotation)
+	if err != nil {
+		return fail(err)
+	}
+	var files []pki.File
+	signers := map[string]*pki.Authority{}
+	for _, s := range staged {
+		if want := cr.New[s.CA.Name]; want != string(pki.EncodeCertPEM(s.Cert)) {
+			return fail(fmt.Errorf("the CA %s staged on this node is not the rotation's new CA", s.CA.Name))
+		}
+		bundle, err := pki.ReadFile(a.Root, s.CA.CertFile)
+		if err != nil {
+			return fail(err)
+		}
+		led, changed, err := pki.LeadCABundle(bundle, s.Cert)
+		if errors.Is(err, pki.ErrNotInBundle) {
+			return fail(fmt.Errorf("/%s does not trust the new CA %s yet: run the trust phase first (kubectl rotate-certs ca trust)", s.CA.CertFile, s.CA.Name))
+		}
+		if err != nil {
+			return fail(fmt.Errorf("/%s: %w", s.CA.CertFile, err))
+		}
+		if changed {
+			files = append(files, pki.File{Path: s.CA.CertFile, Data: led, Mode: 0o644})
+		}
+		keyPEM, err := pki.EncodeKeyPEM(s.Key)
+		if err != nil {
+			return fail(err)
+		}
+		if cur, err := pki.ReadFile(a.Root, s.CA.KeyFile); err != nil || string(cur) != string(keyPEM) {
+			files = append(files, pki.File{Path: s.CA.KeyFile, Data: keyPEM, Mode: 0o600})
+		}
+		prev, err := pki.Predecessor(bundle, s.Cert)
+		if err != nil {
+			return fail(err)
+		}
+		signers[s.CA.Name] = &pki.Authority{CA: s.CA, Cert: s.Cert, Key: s.Key, Replaces: prev}
+	}
+	signerFiles, err := a.switchSigner(signers[pki.ClusterCA.Name])
+	if err != nil {
+		return fail(err)
+	}
+	files = append(files, signerFiles...)
+	req.Services = caSwitchServices
+	p, err := a.planWith(req, l, signers)
+	if err != nil {
+		return fail(err)
+	}
+	if len(p.problems) > 0 {
+		return fail(fmt.Errorf("nothing was changed on this node: %s", strings.Join(p.problems, "; ")))
+	}
+	res.Notes = append(res.Notes, p.notes...)
+	out := &api.CAResult{}
+	if len(files) == 0 && len(p.renewals) == 0 {
+		t.end()
+		return res, out, nil
+	}
+	if err := t.start("ca-switch"); err != nil {
+		t.end()
+		return res, nil, err
+	}
+	res.Backup = t.b.Name
+	txCtx, cancel := context.WithTimeout(ctx, api.WorkTimeout(a.Timeout))
+	defer cancel()
+	err = func() error {
+		for _, f := range files {
+			if err := t.write(f); err != nil {
+				return err
+			}
+			out.Changed = append(out.Changed, "/"+f.Path)
+		}
+		changed := map[pki.Service]bool{pki.ServiceControllerManager: len(signerFiles) > 0}
+		serials := map[string]string{}
+		for _, r := range p.renewals {
+			for _, f := range r.Files {
+				if err := t.write(f); err != nil {
+					return err
+				}
+			}
+			changed[r.Cert.Service] = true
+			serials[r.Cert.Name] = r.New.Cert.SerialNumber.String()
+			res.Changes = append(res.Changes, renewalChange(r))
+		}
+		return a.settle(txCtx, l, p.services, changed, serials, true, req.Graceful, res)
+	}()
+	if err != nil {
+		return res, nil, t.abort(err)
+	}
+	return res, out, a.commit(t, res)
+}
+
+// switchSigner is what makes kube-controller-manager sign with the new
+// cluster CA: its split signer files (the trust phase split them) with the
+// new CA, where they differ.
+func (a *Agent) switchSigner(next *pki.Authority) ([]pki.File, error) {
+	manifest, err := pki.ReadFile(a.Root, pki.ControllerManagerManifest)
+	if errors.Is(err, pki.ErrMissing) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	split, err := pki.SplitControllerManagerSigner(manifest)
+	if err != nil {
+		return nil, err
+	}
+	if split.Changed {
+		return nil, errors.New("kube-controller-manager still signs with ca.crt: run the trust phase first (kubectl rotate-certs ca trust)")
+	}
+	files, err := split.Files(next)
+	if err != nil {
+		return nil, err
+	}
+	var out []pki.File
+	for _, f := range files {
+		if cur, err := pki.ReadFile(a.Root, f.Path); err != nil || string(cur) != string(f.Data) {
+			out = append(out, f)
+		}
+	}
+	return out, nil
+}
+
+// caSign signs a client certificate request with the rotation's new
+// cluster CA (staged here): the new version of a user's kubeconfig, whose
+// key stays where the user made it. The certificate keeps the request's
+// subject and is for client authentication only.
+func (a *Agent) caSign(req api.Request) (*api.CAResult, error) {
+	cr, err := caRequest(req)
+	if err != nil {
+		return nil, err
+	}
+	l, err := a.detectLayout()
+	if err != nil {
+		return nil, err
+	}
+	staged, err := a.readStaged(l, cr.Rotation)
+	if err != nil {
+		return nil, err
+	}
+	var ca *pki.Authority
+	for _, s := range staged {
+		if s.CA == pki.ClusterCA {
+			ca = s
+		}
+	}
+	if ca == nil {
+		return nil, errors.New("the new cluster CA is not staged on this node")
+	}
+	csr, err := pki.CheckClientCSR([]byte(cr.CSR))
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{Subject: csr.Subject, KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	validity := req.Validity
+	if validity <= 0 {
+		validity = 365 * 24 * time.Hour
+	}
+	cert, err := ca.SignRequest(csr, tmpl, validity, a.Now())
+	if err != nil {
+		return nil, err
+	}
+	return &api.CAResult{Certificate: string(cert)}, nil
+}

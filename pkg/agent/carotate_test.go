@@ -2,6 +2,10 @@ package agent
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"os"
 	"path/filepath"
 	"strings"
@@ -246,5 +250,99 @@ func TestCATrustRestoresWhenNotAccepted(t *testing.T) {
 	res = a.Handle(context.Background(), caReq(api.CATrust, "cp-1", api.CARequest{New: wrong, Trust: pki.TrustBoth}))
 	if res.Outcome != api.Unchanged || !strings.Contains(res.Error, "not the rotation's new CA") {
 		t.Errorf("%s: %s", res.Outcome, res.Error)
+	}
+}
+
+// The switch re-issues every certificate of a control plane's CAs with the
+// new CAs, which become the signers (new first in each CA file, the new
+// key, kube-controller-manager's signer), and it needs the trust phase
+// before it. A user's request is signed with the new cluster CA.
+func TestCASwitch(t *testing.T) {
+	cp := newFakeNode(t, "cp-1", pkitest.ECDSA, nil)
+	a := cp.agent()
+	staged := handleOK(t, a, caReq(api.CAPrepare, "cp-1", api.CARequest{Validity: 24 * time.Hour})).CA.Staged
+	before := tree(t, cp.root)
+	if res := a.Handle(context.Background(), caReq(api.CASwitch, "cp-1", api.CARequest{New: staged})); res.Outcome != api.Unchanged || !strings.Contains(res.Error, "run the trust phase first") {
+		t.Fatalf("switch before trust: %s %s", res.Outcome, res.Error)
+	}
+	if d := diff(before, tree(t, cp.root)); len(d) > 0 {
+		t.Errorf("a refused switch wrote %v", d)
+	}
+	handleOK(t, a, caReq(api.CATrust, "cp-1", api.CARequest{New: staged, Trust: pki.TrustBoth}))
+	oldCA, err := pki.LoadAuthority(cp.root, pki.ClusterCA)
+	must(t, err)
+
+	res := handleOK(t, a, caReq(api.CASwitch, "cp-1", api.CARequest{New: staged}))
+	for _, ca := range pki.CAs {
+		next, err := pki.ParseCertificatePEM([]byte(staged[ca.Name]))
+		must(t, err)
+		now, err := pki.LoadAuthority(cp.root, ca)
+		must(t, err)
+		if !now.Cert.Equal(next) {
+			t.Errorf("CA %s: the signer is %s, want the new %s", ca.Name, pki.CAID(now.Cert), pki.CAID(next))
+		}
+		data, err := pki.ReadFile(cp.root, ca.CertFile)
+		must(t, err)
+		first, err := pki.ParseCertificatePEM(data)
+		must(t, err)
+		if !first.Equal(next) {
+			t.Errorf("/%s does not start with the new CA", ca.CertFile)
+		}
+	}
+	l, err := a.detectLayout()
+	must(t, err)
+	reissued := 0
+	for _, c := range l.certsOnNode() {
+		if c.Method != pki.SignedOnDisk {
+			continue
+		}
+		cert, err := pki.ReadCertificate(cp.root, c)
+		must(t, err)
+		next, err := pki.ParseCertificatePEM([]byte(staged[c.CA.Name]))
+		must(t, err)
+		if err := cert.CheckSignatureFrom(next); err != nil {
+			t.Errorf("%s is not signed by the new CA %s: %v", c.Name, c.CA.Name, err)
+		}
+		reissued++
+	}
+	if reissued < 10 || len(res.Renew.Changes) != reissued {
+		t.Errorf("%d certificates re-issued, %d reported", reissued, len(res.Renew.Changes))
+	}
+	signer, err := pki.ReadFile(cp.root, "etc/kubernetes/pki/ca-signer.crt")
+	must(t, err)
+	if string(signer) != staged["ca"] {
+		t.Error("kube-controller-manager does not sign with the new CA")
+	}
+	verified := strings.Join(res.Renew.Verified, "\n")
+	for _, want := range []string{"kube-apiserver serves apiserver serial", "etcd serves etcd-server serial"} {
+		if !strings.Contains(verified, want) {
+			t.Errorf("not verified: %s (%s)", want, verified)
+		}
+	}
+	snapshot := tree(t, cp.root)
+	if again := handleOK(t, a, caReq(api.CASwitch, "cp-1", api.CARequest{New: staged})); again.Renew.Backup != "" || len(again.Renew.Changes) > 0 {
+		t.Errorf("a second switch changed %v", again.Renew.Changes)
+	}
+	if d := diff(snapshot, tree(t, cp.root)); len(d) > 0 {
+		t.Errorf("a second switch wrote %v", d)
+	}
+
+	// A user's new client certificate.
+	key, err := pki.NewECDSAKey()
+	must(t, err)
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "kubernetes-admin", Organization: []string{"kubeadm:cluster-admins"}}}, key)
+	must(t, err)
+	csrPEM := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))
+	signed := handleOK(t, a, caReq(api.CASign, "cp-1", api.CARequest{CSR: csrPEM}))
+	cert, err := pki.ParseCertificatePEM([]byte(signed.CA.Certificate))
+	must(t, err)
+	next, _ := pki.ParseCertificatePEM([]byte(staged["ca"]))
+	if cert.CheckSignatureFrom(next) != nil || cert.CheckSignatureFrom(oldCA.Cert) == nil || cert.Subject.CommonName != "kubernetes-admin" || !pki.SamePublicKey(cert.PublicKey, key.Public()) {
+		t.Errorf("the user's certificate: %s signed by new %v", cert.Subject, cert.CheckSignatureFrom(next))
+	}
+	withName, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "u"}, DNSNames: []string{"evil.example"}}, key)
+	must(t, err)
+	if res := a.Handle(context.Background(), caReq(api.CASign, "cp-1", api.CARequest{CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: withName}))})); res.Outcome == api.Done {
+		t.Error("a request with names was signed")
 	}
 }

@@ -182,6 +182,13 @@ type nodePlan struct {
 // plan computes, in memory, every renewal the request asks of this node and
 // collects every reason it could not proceed. Nothing is written.
 func (a *Agent) plan(req api.Request, l layout) (*nodePlan, error) {
+	return a.planWith(req, l, nil)
+}
+
+// planWith is plan with the CAs that sign given (a CA rotation's switch of
+// issuers: the new CAs) instead of read from the node's CA files; the
+// certificates they signed already are left as they are.
+func (a *Agent) planWith(req api.Request, l layout, signers map[string]*pki.Authority) (*nodePlan, error) {
 	p := &nodePlan{services: map[pki.Service]bool{}}
 	var services []pki.Service
 	for _, name := range req.Services {
@@ -207,6 +214,9 @@ func (a *Agent) plan(req api.Request, l layout) (*nodePlan, error) {
 	}
 	now := a.Now()
 	p.authorities = map[string]*pki.Authority{}
+	for name, auth := range signers {
+		p.authorities[name] = auth
+	}
 	dirs := map[string]bool{}
 	for _, c := range l.certsOnNode() {
 		if !p.services[c.Service] {
@@ -236,6 +246,9 @@ func (a *Agent) plan(req api.Request, l layout) (*nodePlan, error) {
 		auth := p.authority(a.Root, c.CA, now)
 		if auth == nil {
 			continue
+		}
+		if signers[c.CA.Name] != nil && cert.CheckSignatureFrom(auth.Cert) == nil {
+			continue // re-issued by the new CA already
 		}
 		r, err := pki.PlanRenewal(a.Root, c, auth, validity, now)
 		if err != nil {

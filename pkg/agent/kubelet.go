@@ -202,7 +202,8 @@ func (a *Agent) checkIssued(req api.Request, l layout) ([]installItem, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster CA: %w", err)
 	}
-	ca, err := pki.ParseCertificatePEM(caPEM)
+	// During a CA rotation the file holds the old and the new CA.
+	cas, err := pki.ParseCABundle(caPEM)
 	if err != nil {
 		return nil, fmt.Errorf("cluster CA /%s: %w", pki.ClusterCA.CertFile, err)
 	}
@@ -216,7 +217,12 @@ func (a *Agent) checkIssued(req api.Request, l layout) ([]installItem, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: the key generated for this request is gone (run again): %w", kc.name, err)
 		}
-		cert, err := pki.CheckIssued([]byte(certPEM), keyPEM, ca)
+		var cert *x509.Certificate
+		for _, ca := range cas {
+			if cert, err = pki.CheckIssued([]byte(certPEM), keyPEM, ca); err == nil {
+				break
+			}
+		}
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", kc.name, err)
 		}

@@ -92,6 +92,12 @@ const (
 	CAHandoverOpen Action = "ca-handover-open"
 	CATrust        Action = "ca-trust"
 	CADiscard      Action = "ca-discard"
+	// CASwitch makes a control plane's staged new CAs its signers and
+	// re-issues every certificate its CAs signed there with them. CASign
+	// signs a client certificate request with the new cluster CA (a
+	// user's kubeconfig in its new version; the key stays with the user).
+	CASwitch Action = "ca-switch"
+	CASign   Action = "ca-sign"
 )
 
 // Outcome is what became of a request on the node: the plugin decides on
@@ -215,6 +221,8 @@ type CARequest struct {
 	PublicKey []byte `json:"publicKey,omitempty"`
 	// Sealed is the sealed hand-over (CAHandoverOpen).
 	Sealed []byte `json:"sealed,omitempty"`
+	// CSR is the client certificate request CASign signs (PEM).
+	CSR string `json:"csr,omitempty"`
 }
 
 // CAResult is what a CA rotation action answers.
@@ -229,6 +237,8 @@ type CAResult struct {
 	PublicKey []byte `json:"publicKey,omitempty"`
 	// Sealed is what CAHandoverSeal made.
 	Sealed []byte `json:"sealed,omitempty"`
+	// Certificate is what CASign issued (PEM).
+	Certificate string `json:"certificate,omitempty"`
 	// Changed lists the trust points CATrust changed: "path (reader
 	// setting)".
 	Changed []string `json:"changed,omitempty"`

@@ -36,6 +36,10 @@ const caRecordKey = "rotation.json"
 const (
 	CAPhasePrepared = "prepared"
 	CAPhaseTrusted  = "trusted"
+	CAPhaseSwitched = "switched"
+	// CAPhaseFinished is only reported: a finished rotation leaves no
+	// record.
+	CAPhaseFinished = "finished"
 	// CAPhaseRolledBack is only reported: a rolled-back rotation leaves
 	// no record.
 	CAPhaseRolledBack = "rolled-back"
@@ -68,6 +72,15 @@ type CAOptions struct {
 	// restarts (CAReadersKubeSystem, CAReadersAll, CAReadersNone).
 	Readers     string
 	Parallelism Parallelism
+	// LeafValidity is the validity of the certificates the switch
+	// re-issues.
+	LeafValidity time.Duration
+	// ClientCSR (switch) is a request for the user's client certificate,
+	// signed with the new cluster CA before any node switches; the
+	// certificate goes to OnClientCertificate (which writes the user's new
+	// kubeconfig) at once.
+	ClientCSR           []byte
+	OnClientCertificate func(certPEM []byte) error
 }
 
 // CAReport is the outcome of a CA rotation phase.
@@ -375,7 +388,7 @@ func (r *Runner) CATrust(ctx context.Context, o CAOptions) (rep *CAReport, err e
 		return rep, errors.New("no prepared CA rotation: run `kubectl rotate-certs ca prepare` first")
 	}
 	// Every node's trust points must be readable before any changes.
-	if err := run.inspectTrust(ctx); err != nil {
+	if _, err := run.inspectTrust(ctx); err != nil {
 		return rep, fmt.Errorf("%w\nno file on any node was changed", err)
 	}
 	graceful, err := r.behindLoadBalancer(ctx)
@@ -413,7 +426,8 @@ func (r *Runner) CATrust(ctx context.Context, o CAOptions) (rep *CAReport, err e
 }
 
 // inspectTrust reads every node's trust points and refuses unreadable ones.
-func (run *caRun) inspectTrust(ctx context.Context) error {
+func (run *caRun) inspectTrust(ctx context.Context) ([]*api.InspectResult, error) {
+	out := make([]*api.InspectResult, len(run.agents))
 	errs := forEach(ctx, len(run.agents), fanout, func(i int) error {
 		res, err := run.r.call(ctx, run.agents[i], api.Request{Action: api.Inspect, Trust: true})
 		if err != nil {
@@ -431,9 +445,10 @@ func (run *caRun) inspectTrust(ctx context.Context) error {
 		if len(bad) > 0 {
 			return fmt.Errorf("node %s: trust points that cannot be read: %s", run.agents[i].node, strings.Join(bad, "; "))
 		}
+		out[i] = res.Inspect
 		return nil
 	})
-	return errors.Join(errs...)
+	return out, errors.Join(errs...)
 }
 
 // trustNode changes one node's trust points for mode, waits for it to be
@@ -491,7 +506,11 @@ func (run *caRun) trustCluster(ctx context.Context, mode, readers string) error 
 	if err != nil {
 		return fmt.Errorf("the record's new CA: %w", err)
 	}
-	bundle, _, err := pki.RetrustBundle([]byte(old), nextCert, mode)
+	both, err := pki.MergeCABundles([]byte(old), []byte(next))
+	if err != nil {
+		return err
+	}
+	bundle, _, err := pki.RetrustBundle(both, nextCert, mode)
 	if err != nil {
 		return err
 	}
@@ -515,8 +534,8 @@ func (run *caRun) trustCluster(ctx context.Context, mode, readers string) error 
 		return err
 	}
 	rep.note("kube-root-ca.crt in every namespace holds %s", strings.Join(want, " and "))
-	if mode != pki.TrustBoth {
-		return nil
+	if mode == pki.TrustOld {
+		return nil // what read both still trusts the old CA: nothing to do
 	}
 	restarted, err := r.restartCAReaders(ctx, readers, &rep.Report)
 	rec.Restarted = append(rec.Restarted, restarted...)
@@ -551,6 +570,9 @@ func (r *Runner) CARollback(ctx context.Context, o CAOptions) (rep *CAReport, er
 	if rec == nil {
 		rep.note("no CA rotation is recorded: nothing to roll back")
 		return rep, nil
+	}
+	if rec.Phase == CAPhaseSwitched {
+		return rep, fmt.Errorf("CA rotation %s has switched issuers: every certificate is signed by the new CAs, which ca rollback does not undo; finish it (kubectl rotate-certs ca finish), or restore the nodes' backups of the switch run by run (kubectl rotate-certs rollback --run)", rec.ID)
 	}
 	if len(rec.New) > 0 {
 		graceful, err := r.behindLoadBalancer(ctx)
@@ -587,5 +609,222 @@ func (r *Runner) CARollback(ctx context.Context, o CAOptions) (rep *CAReport, er
 	}
 	rec.Phase = CAPhaseRolledBack
 	rep.note("CA rotation %s rolled back: every node trusts the old CAs only, and the new CAs are gone", rec.ID)
+	return rep, nil
+}
+
+// CARecord is the cluster's CA rotation record, nil if none.
+func (r *Runner) CARecord(ctx context.Context) (*CARotation, error) {
+	rec, _, err := r.readCARecord(ctx)
+	return rec, err
+}
+
+// ClusterCABundle is the old and the new cluster CA (PEM) of a rotation:
+// what a client must trust while both sign serving certificates.
+func (rec *CARotation) ClusterCABundle() ([]byte, error) {
+	return pki.MergeCABundles([]byte(rec.Old[pki.ClusterCA.Name]), []byte(rec.New[pki.ClusterCA.Name]))
+}
+
+// CASwitch runs the switch phase: the user's new client certificate (if
+// asked) first; then on each control plane, one at a time, the new CAs
+// become the signers and every certificate they sign there is re-issued
+// (etcd, kube-apiserver, front-proxy, the kubeconfigs), everything
+// restarted and proven; then, with every kube-controller-manager signing
+// with the new CA, each kubelet's certificates are re-issued through the
+// CSR API, control planes first, then the workers in a rollout.
+func (r *Runner) CASwitch(ctx context.Context, o CAOptions) (rep *CAReport, err error) {
+	perms := permissions(permsAgents).with(permsLock, permsCARecord, permsKubeletRestart, permsSignerLease, permsEvents, permsCSR, permsServingCSR)
+	run, finish, err := r.startCA(ctx, "switch", false, perms)
+	if err != nil {
+		return &CAReport{Phase: "switch"}, err
+	}
+	defer finish(&err)
+	rep = run.rep
+	rec := run.rec
+	if rec == nil || (rec.Phase != CAPhaseTrusted && rec.Phase != CAPhaseSwitched) {
+		return rep, errors.New("no CA rotation whose trust phase is done: run `kubectl rotate-certs ca trust` first (ca status shows what trusts what)")
+	}
+	next, err := pki.ParseCertificatePEM([]byte(rec.New[pki.ClusterCA.Name]))
+	if err != nil {
+		return rep, fmt.Errorf("the record's new CA: %w", err)
+	}
+	if len(o.ClientCSR) > 0 {
+		res, err := r.call(ctx, run.cps[0], api.Request{Action: api.CASign, Validity: o.LeafValidity, CA: &api.CARequest{Rotation: rec.ID, CSR: string(o.ClientCSR)}})
+		if err != nil {
+			return rep, err
+		}
+		if err := o.OnClientCertificate([]byte(res.CA.Certificate)); err != nil {
+			return rep, err
+		}
+	}
+	inspects, err := run.inspectTrust(ctx)
+	if err != nil {
+		return rep, fmt.Errorf("%w\nno file on any node was changed", err)
+	}
+	graceful, err := r.behindLoadBalancer(ctx)
+	if err != nil {
+		return rep, err
+	}
+	for _, cp := range run.cps {
+		if err := run.switchNode(ctx, cp, graceful); err != nil {
+			return rep, err
+		}
+	}
+	// Every kube-controller-manager signs with the new CA now.
+	kopts := RotateOptions{Services: []pki.Service{pki.ServiceKubelet}, Validity: o.LeafValidity, issuer: next}
+	kubelet := func(ctx context.Context, ap agentPod, in *api.InspectResult, rep *Report) error {
+		if kubeletIssuedBy(in, pki.CAID(next)) {
+			rep.nodeNote(ap, "its kubelet's certificates were issued by the new CA already")
+			return nil
+		}
+		r.logf("node %s: the kubelet's certificates from the new CA", ap.node)
+		before := len(rep.Rows)
+		err := r.rotateKubelet(ctx, ap, kopts, rep)
+		rep.failed(ap, err)
+		r.nodeEvent(rep, ap, rotationEvent, rep.Rows[before:], err)
+		return err
+	}
+	byNode := map[string]*api.InspectResult{}
+	for i, ap := range run.agents {
+		byNode[ap.node] = inspects[i]
+	}
+	for _, cp := range run.cps {
+		if err := kubelet(ctx, cp, byNode[cp.node], &rep.Report); err != nil {
+			return rep, err
+		}
+	}
+	workerReps := make([]Report, len(run.workers))
+	errs := rollout(ctx, len(run.workers), o.Parallelism.Cap(len(run.workers)), func(i int) error {
+		workerReps[i].Run, workerReps[i].User = rep.Run, rep.User
+		return kubelet(ctx, run.workers[i], byNode[run.workers[i].node], &workerReps[i])
+	})
+	for i := range workerReps {
+		rep.merge(&workerReps[i])
+	}
+	if err := rolloutError(errs); err != nil {
+		return rep, err
+	}
+	if ctx.Err() != nil {
+		return rep, ctx.Err()
+	}
+	rec.Phase = CAPhaseSwitched
+	_, err = r.saveCARecord(ctx, rec, run.cm)
+	return rep, err
+}
+
+// kubeletIssuedBy tells whether a node's kubelet client certificate (and
+// a serving one from the CSR API) was issued by the CA with that id.
+func kubeletIssuedBy(in *api.InspectResult, id string) bool {
+	if in == nil {
+		return false
+	}
+	found := false
+	for _, c := range in.Certs {
+		if c.Service != string(pki.ServiceKubelet) || c.Missing || c.Issuer == api.IssuerSelfSigned {
+			continue
+		}
+		if c.Issuer != id {
+			return false
+		}
+		found = true
+	}
+	return found
+}
+
+// switchNode switches one control plane's issuers and records it.
+func (run *caRun) switchNode(ctx context.Context, ap agentPod, graceful bool) error {
+	r, rep := run.r, &run.rep.Report
+	r.logf("node %s: the new CAs sign; re-issuing its certificates", ap.node)
+	signer := r.signerLeaseHolder(ctx)
+	before := len(rep.Rows)
+	res, err := r.change(ctx, ap, api.Request{Action: api.CASwitch, Graceful: graceful, Validity: 0,
+		CA: &api.CARequest{Rotation: run.rec.ID, New: run.rec.New}})
+	if err == nil {
+		r.addChanges(rep, ap, res.Renew)
+		if res.Renew != nil && len(res.Renew.Changes) == 0 {
+			rep.nodeNote(ap, "its certificates were issued by the new CAs already: nothing changed")
+		}
+		r.releaseStoppedSigner(ctx, ap, signer, res.Renew)
+		if err = r.waitNodeReady(ctx, ap.node); err != nil {
+			err = fmt.Errorf("node %s is not Ready within %s after its issuers switched", ap.node, r.Timeout)
+		}
+	}
+	rep.failed(ap, err)
+	r.nodeEvent(rep, ap, rotationEvent, rep.Rows[before:], err)
+	return err
+}
+
+// CAFinish runs the last phase, once the user confirmed that every client
+// outside the cluster trusts the new CA: it checks that nothing on any node
+// is still signed by an old CA, then the old CAs leave every trust point
+// (control planes one at a time, then the workers), cluster-info and
+// kube-root-ca.crt, the workloads that read the CA once are restarted so
+// none keeps trusting the old one, and the staged copies and the record go.
+func (r *Runner) CAFinish(ctx context.Context, o CAOptions) (rep *CAReport, err error) {
+	perms := permissions(permsAgents).with(permsLock, permsCARecord, permsKubeletRestart, permsSignerLease, permsEvents, permsCAClusterInfo, permsCARootCA, caReadersPermissions(o.Readers))
+	run, finish, err := r.startCA(ctx, "finish", false, perms)
+	if err != nil {
+		return &CAReport{Phase: "finish"}, err
+	}
+	defer finish(&err)
+	rep = run.rep
+	rec := run.rec
+	if rec == nil || rec.Phase != CAPhaseSwitched {
+		return rep, errors.New("no CA rotation whose switch phase is done: run `kubectl rotate-certs ca switch` first")
+	}
+	inspects, err := run.inspectTrust(ctx)
+	if err != nil {
+		return rep, fmt.Errorf("%w\nno file on any node was changed", err)
+	}
+	old := map[string]string{}
+	for name, p := range rec.Old {
+		old[certID(p)] = name
+	}
+	var left []string
+	for i, in := range inspects {
+		for _, c := range in.Certs {
+			if name, ok := old[c.Issuer]; ok && !c.Missing {
+				left = append(left, fmt.Sprintf("%s:%s (signed by the old %s)", run.agents[i].node, c.Name, name))
+			}
+		}
+	}
+	if len(left) > 0 {
+		return rep, fmt.Errorf("certificates still signed by an old CA: %s; run `kubectl rotate-certs ca switch` again\nno file on any node was changed", strings.Join(left, ", "))
+	}
+	graceful, err := r.behindLoadBalancer(ctx)
+	if err != nil {
+		return rep, err
+	}
+	for _, cp := range run.cps {
+		if err := run.trustNode(ctx, cp, &rep.Report, pki.TrustNew, graceful); err != nil {
+			return rep, err
+		}
+	}
+	workerReps := make([]Report, len(run.workers))
+	errs := rollout(ctx, len(run.workers), o.Parallelism.Cap(len(run.workers)), func(i int) error {
+		workerReps[i].Run, workerReps[i].User = rep.Run, rep.User
+		return run.trustNode(ctx, run.workers[i], &workerReps[i], pki.TrustNew, graceful)
+	})
+	for i := range workerReps {
+		rep.merge(&workerReps[i])
+	}
+	if err := rolloutError(errs); err != nil {
+		return rep, err
+	}
+	if ctx.Err() != nil {
+		return rep, ctx.Err()
+	}
+	if err := run.trustCluster(ctx, pki.TrustNew, o.Readers); err != nil {
+		return rep, err
+	}
+	for _, cp := range run.cps {
+		if _, err := r.change(ctx, cp, api.Request{Action: api.CADiscard, CA: &api.CARequest{Rotation: rec.ID}}); err != nil {
+			return rep, err
+		}
+	}
+	if err := r.Client.CoreV1().ConfigMaps(Namespace).Delete(ctx, CARecordName, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return rep, fmt.Errorf("removing the CA rotation's record: %w", err)
+	}
+	rec.Phase = CAPhaseFinished
+	rep.note("CA rotation %s finished: every node trusts and uses the new CAs only", rec.ID)
 	return rep, nil
 }

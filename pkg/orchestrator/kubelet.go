@@ -2,6 +2,7 @@ package orchestrator
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/api"
+	"github.com/rotate-certs/kubectl-rotate-certs/pkg/pki"
 )
 
 // rotateKubelet gets the kubelet new certificates through the CSR API (key
@@ -29,6 +31,9 @@ func (r *Runner) rotateKubelet(ctx context.Context, ap agentPod, o RotateOptions
 		return err
 	}
 	issued, err := r.signKubeletCSRs(ctx, ap, res.CSRs, o.Validity)
+	if err == nil && o.issuer != nil {
+		err = checkIssuer(issued, o.issuer)
+	}
 	if err != nil {
 		if _, derr := r.call(r.drain(), ap, api.Request{Action: api.DiscardPending}); derr != nil {
 			err = fmt.Errorf("%w; removing the keys made for it: %v", err, derr)
@@ -127,6 +132,22 @@ func (r *Runner) waitLeaseRenewed(ctx context.Context, node string, p *api.Kubel
 			return fmt.Errorf("node %s: stopped waiting (%s): %w", node, last, ctx.Err())
 		}
 		return fmt.Errorf("node %s: %s after %s", node, last, r.Timeout)
+	}
+	return nil
+}
+
+// checkIssuer makes sure each issued certificate (PEM) carries the
+// signature of issuer: during a CA rotation's switch, a certificate the old
+// CA signed would stop working when the rotation finishes.
+func checkIssuer(issued map[string]string, issuer *x509.Certificate) error {
+	for name, p := range issued {
+		c, err := pki.ParseCertificatePEM([]byte(p))
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		if err := c.CheckSignatureFrom(issuer); err != nil {
+			return fmt.Errorf("%s was not issued by the new CA %s (a kube-controller-manager still signs with the old one?): %w", name, pki.CAID(issuer), err)
+		}
 	}
 	return nil
 }

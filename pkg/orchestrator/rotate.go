@@ -2,6 +2,7 @@ package orchestrator
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"slices"
@@ -34,6 +35,9 @@ type RotateOptions struct {
 	Resume bool
 
 	graceful bool // several control planes: drain kube-apiserver before a restart
+	// issuer, when set, must have signed the kubelet's new certificates
+	// (a CA rotation's switch: the new cluster CA).
+	issuer *x509.Certificate
 }
 
 // behindLoadBalancer tells whether the cluster has several control planes,

@@ -126,3 +126,45 @@ func RetrustKubeconfig(data []byte, next *x509.Certificate, mode string) (out []
 	}
 	return out, true, nil
 }
+
+// LeadCABundle puts next first in a bundle that holds it (the switch of
+// issuers: kubeadm and other tools take a CA file's first certificate as
+// the one its key belongs to), the others after it in their order. A
+// bundle led by next already comes back byte for byte, changed false; one
+// without it is ErrNotInBundle.
+func LeadCABundle(bundle []byte, next *x509.Certificate) (out []byte, changed bool, err error) {
+	certs, err := parseTrustBundle(bundle)
+	if err != nil {
+		return nil, false, err
+	}
+	lead := -1
+	for i, c := range certs {
+		if SameCA(c, next) && lead < 0 {
+			lead = i
+		}
+	}
+	switch lead {
+	case -1:
+		return nil, false, fmt.Errorf("%w (%s)", ErrNotInBundle, CAID(next))
+	case 0:
+		return bundle, false, nil
+	}
+	ordered := append([]*x509.Certificate{certs[lead]}, certs[:lead]...)
+	ordered = append(ordered, certs[lead+1:]...)
+	return encodeTrustBundle(ordered), true, nil
+}
+
+// Predecessor is the CA in a bundle that next replaces: the first one that
+// is not next. Nil if the bundle holds no other CA.
+func Predecessor(bundle []byte, next *x509.Certificate) (*x509.Certificate, error) {
+	certs, err := parseTrustBundle(bundle)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range certs {
+		if !SameCA(c, next) {
+			return c, nil
+		}
+	}
+	return nil, nil
+}

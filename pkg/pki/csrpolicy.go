@@ -131,3 +131,38 @@ func checkCSRKey(req *x509.CertificateRequest) (rsaKey bool, err error) {
 	}
 	return false, fmt.Errorf("key type %T is not allowed", req.PublicKey)
 }
+
+// CheckClientCSR parses a request for a user's client certificate (a
+// kubeconfig's new version during a CA rotation): exactly one PEM
+// CERTIFICATE REQUEST of at most MaxCSRSize bytes, signed by its own key
+// (an allowed algorithm and size), with a subject and no names or
+// extensions: the certificate says who the user is, nothing else.
+func CheckClientCSR(csrPEM []byte) (*x509.CertificateRequest, error) {
+	refuse := func(format string, args ...any) (*x509.CertificateRequest, error) {
+		return nil, fmt.Errorf("%w: %s", ErrCSRRefused, fmt.Sprintf(format, args...))
+	}
+	if len(csrPEM) > MaxCSRSize {
+		return refuse("request of %d bytes", len(csrPEM))
+	}
+	block, rest := pem.Decode(csrPEM)
+	if block == nil || block.Type != "CERTIFICATE REQUEST" || len(bytes.TrimSpace(rest)) > 0 || len(block.Headers) > 0 {
+		return refuse("not exactly one PEM CERTIFICATE REQUEST")
+	}
+	req, err := x509.ParseCertificateRequest(block.Bytes)
+	if err != nil {
+		return refuse("%v", err)
+	}
+	if err := req.CheckSignature(); err != nil {
+		return refuse("not signed by its own key: %v", err)
+	}
+	if req.Subject.CommonName == "" {
+		return refuse("no subject common name (the user name)")
+	}
+	if len(req.DNSNames)+len(req.IPAddresses)+len(req.EmailAddresses)+len(req.URIs) > 0 || len(req.Extensions) > 0 {
+		return refuse("names or extensions requested: a client certificate carries a subject only")
+	}
+	if _, err := checkCSRKey(req); err != nil {
+		return refuse("%v", err)
+	}
+	return req, nil
+}

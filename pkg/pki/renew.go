@@ -34,6 +34,9 @@ type Authority struct {
 	CA   CA
 	Cert *x509.Certificate
 	Key  crypto.Signer
+	// Replaces is the CA this one succeeds in a CA rotation: Renew
+	// re-issues its leaves too (the switch of issuers).
+	Replaces *x509.Certificate
 }
 
 // LoadAuthority reads a CA and checks that key and certificate match. The
@@ -149,9 +152,10 @@ func (a *Authority) Sign(tmpl *x509.Certificate, pub crypto.PublicKey) (*x509.Ce
 }
 
 // Renew issues a successor of old: same subject, SANs, usages and key
-// algorithm, a new key and serial, signed by a.
+// algorithm, a new key and serial, signed by a. old must be signed by a,
+// or by the CA a replaces.
 func (a *Authority) Renew(old *x509.Certificate, validity time.Duration, now time.Time) (*Issued, error) {
-	if err := old.CheckSignatureFrom(a.Cert); err != nil {
+	if err := old.CheckSignatureFrom(a.Cert); err != nil && (a.Replaces == nil || old.CheckSignatureFrom(a.Replaces) != nil) {
 		return nil, fmt.Errorf("certificate %q was not signed by CA %s (%v): refusing to re-sign it with a different CA", old.Subject.CommonName, a.CA.Name, err)
 	}
 	return a.Issue(old, old.PublicKey, validity, now)

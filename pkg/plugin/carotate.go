@@ -23,18 +23,25 @@ const (
 	caPhasePrepare  = "prepare"
 	caPhaseTrust    = "trust"
 	caPhaseRollback = "rollback"
+	caPhaseSwitch   = "switch"
+	caPhaseFinish   = "finish"
 )
+
+// caPhases are the phase commands, in the order they run.
+var caPhases = []string{caPhasePrepare, caPhaseTrust, caPhaseSwitch, caPhaseFinish, caPhaseRollback}
 
 // CAPhaseOptions are the options of "kubectl rotate-certs ca prepare",
 // "ca trust" and "ca rollback". A CA rotation is cluster-wide: there is no
 // node selection.
 type CAPhaseOptions struct {
 	commonFlags
-	phase        string
-	keyAlgorithm string
-	caValidity   time.Duration
-	readers      string
-	output       string
+	phase           string
+	keyAlgorithm    string
+	caValidity      time.Duration
+	validity        time.Duration
+	readers         string
+	writeKubeconfig string
+	output          string
 }
 
 var caPhaseDocs = map[string]struct{ short, long, example string }{
@@ -72,12 +79,40 @@ yet. Run it again after an interruption: what is done is kept.`,
   # Restart every workload that mounts the CA, in every namespace
   kubectl rotate-certs ca trust --restart-workloads=all`,
 	},
+	caPhaseSwitch: {
+		"CA rotation, phase 3: the new CAs sign; every certificate is re-issued with them",
+		`On each control plane, one at a time, the new CAs become the signers (each
+CA file lists the new CA first, with its key; kube-controller-manager's signer
+files hold the new cluster CA) and every certificate they sign there is
+re-issued with them, keeping its subject, names and key algorithm: etcd's,
+kube-apiserver's, the front-proxy client, the kubeconfigs of the control plane.
+Everything is restarted (kube-apiserver drained first behind a load balancer)
+and the new serving certificates are proven served. Then every kubelet gets
+new certificates through the CSR API, signed by the new CA, the key made on
+its node. Old and new CAs stay trusted everywhere: clients that still trust
+only the old CA must be given the new one now (your own kubeconfig:
+--write-kubeconfig), before ca finish. Run it again after an interruption.`,
+		`  # Switch issuers and write your kubeconfig in its new version
+  kubectl rotate-certs ca switch --write-kubeconfig ./admin-new.conf`,
+	},
+	caPhaseFinish: {
+		"CA rotation, phase 4: trust the new CAs only",
+		`Once every client outside the cluster trusts the new CA (and none
+authenticates with a certificate of the old one), remove the old CAs from
+every trust point of every node, from cluster-info and kube-root-ca.crt;
+restart what reads them once (--restart-workloads), and remove the staged
+copies of the new CA keys. It refuses to start while any certificate on any
+node is still signed by an old CA, or while your own kubeconfig authenticates
+with one (use the kubeconfig ca switch --write-kubeconfig wrote).`,
+		`  # End the rotation with the kubeconfig the switch wrote
+  kubectl rotate-certs ca finish --kubeconfig ./admin-new.conf`,
+	},
 	caPhaseRollback: {
 		"Undo a CA rotation's phases: trust the old CAs only and remove the new ones",
 		`Take the new CAs out of every trust point (workers first, then control
 planes, restarting what reads them), out of cluster-info and kube-root-ca.crt,
 then remove the staged new CAs from the control planes and the rotation's
-record. Possible while nothing is signed by the new CAs.`,
+record. Possible until the switch phase: it refuses once the new CAs sign.`,
 		`  # Abandon the CA rotation under way
   kubectl rotate-certs ca rollback`,
 	},
@@ -103,8 +138,11 @@ func newCmdCAPhase(streams genericiooptions.IOStreams, newFactory NewFactoryFunc
 	case caPhasePrepare:
 		f.StringVar(&o.keyAlgorithm, "key-algorithm", "", "Key algorithm of the new CAs: "+strings.Join(pki.CAKeyAlgorithms, ", ")+" (default: each current CA's)")
 		f.DurationVar(&o.caValidity, "ca-validity", 10*365*24*time.Hour, "Validity of the new CAs")
-	case caPhaseTrust:
+	case caPhaseTrust, caPhaseFinish:
 		f.StringVar(&o.readers, "restart-workloads", orchestrator.CAReadersKubeSystem, "Workloads that read the CA once to restart: kube-system, all (every namespace) or none (list them only)")
+	case caPhaseSwitch:
+		f.DurationVar(&o.validity, "validity", 8760*time.Hour, "Validity of the re-issued certificates (capped at the new CA's expiry)")
+		f.StringVar(&o.writeKubeconfig, "write-kubeconfig", "", "Write your kubeconfig in its new version here (0600): a client certificate of the new CA for the same user (key made here), trusting old and new CA; written before any node switches")
 	}
 	addOutputFlag(cmd, &o.output)
 	o.configFlags.AddFlags(f)
@@ -125,6 +163,9 @@ func (o *CAPhaseOptions) Validate() error {
 	if o.phase == caPhasePrepare && (o.caValidity < 24*time.Hour || o.caValidity > 100*365*24*time.Hour) {
 		return fmt.Errorf("--ca-validity must be between 24h and 100 years, got %s", o.caValidity)
 	}
+	if o.phase == caPhaseSwitch && (o.validity < time.Hour || o.validity > orchestrator.MaxValidity) {
+		return fmt.Errorf("--validity must be between 1h and %s, got %s", orchestrator.MaxValidity, o.validity)
+	}
 	switch o.readers {
 	case "", orchestrator.CAReadersKubeSystem, orchestrator.CAReadersAll, orchestrator.CAReadersNone:
 	default:
@@ -141,7 +182,12 @@ func (o *CAPhaseOptions) Run(ctx context.Context) error {
 	if err := o.connect(); err != nil {
 		return err
 	}
-	opts := orchestrator.CAOptions{KeyAlgorithm: o.keyAlgorithm, Validity: o.caValidity, Readers: o.readers, Parallelism: o.par}
+	opts := orchestrator.CAOptions{KeyAlgorithm: o.keyAlgorithm, Validity: o.caValidity, Readers: o.readers, Parallelism: o.par, LeafValidity: o.validity}
+	if o.phase == caPhaseSwitch || o.phase == caPhaseFinish {
+		if err := o.trustNewCA(ctx, &opts); err != nil {
+			return err
+		}
+	}
 	var rep *orchestrator.CAReport
 	var err error
 	switch o.phase {
@@ -149,6 +195,10 @@ func (o *CAPhaseOptions) Run(ctx context.Context) error {
 		rep, err = o.runner.CAPrepare(ctx, opts)
 	case caPhaseTrust:
 		rep, err = o.runner.CATrust(ctx, opts)
+	case caPhaseSwitch:
+		rep, err = o.runner.CASwitch(ctx, opts)
+	case caPhaseFinish:
+		rep, err = o.runner.CAFinish(ctx, opts)
 	case caPhaseRollback:
 		rep, err = o.runner.CARollback(ctx, opts)
 	}
@@ -178,7 +228,11 @@ func caNextStep(phase string) string {
 	case caPhasePrepare:
 		return "next: kubectl rotate-certs ca trust (makes every node and client trust old and new CAs); undo: kubectl rotate-certs ca rollback"
 	case caPhaseTrust:
-		return "every node trusts the old and the new CAs; check with: kubectl rotate-certs ca status; undo: kubectl rotate-certs ca rollback"
+		return "every node trusts the old and the new CAs; check with: kubectl rotate-certs ca status; next: kubectl rotate-certs ca switch --write-kubeconfig FILE; undo: kubectl rotate-certs ca rollback"
+	case caPhaseSwitch:
+		return "the new CAs sign everything; give every client outside the cluster the new CA (and new credentials where they use the old CA's), then: kubectl rotate-certs ca finish"
+	case caPhaseFinish:
+		return "the rotation is finished: the old CAs are trusted nowhere; check with: kubectl rotate-certs ca status"
 	}
 	return "every node trusts the old CAs only; check with: kubectl rotate-certs ca status"
 }

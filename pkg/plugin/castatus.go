@@ -25,11 +25,13 @@ func newCmdCA(streams genericiooptions.IOStreams, newFactory NewFactoryFunc) *co
 		Long: `Inspect the cluster's CAs (ca status) and replace them without downtime, in
 phases that each run on their own and can be run again after an
 interruption: ca prepare makes the new CAs, ca trust makes everything trust the
-old and the new. ca rollback undoes them.`,
+old and the new, ca switch has the new ones sign everything, and ca finish
+(once every client outside the cluster trusts the new CA) removes the old ones.
+ca rollback undoes prepare and trust.`,
 		Args: cobra.NoArgs,
 	}
 	cmd.AddCommand(newCmdCAStatus(streams, newFactory))
-	for _, phase := range []string{caPhasePrepare, caPhaseTrust, caPhaseRollback} {
+	for _, phase := range caPhases {
 		cmd.AddCommand(newCmdCAPhase(streams, newFactory, phase))
 	}
 	return cmd

@@ -53,7 +53,7 @@ contexts: [{name: kind-dev, context: {cluster: kind-dev, user: admin}}, {name: p
 		"rollback contexts":    {[]string{"rollback", "--kubeconfig", kubeconfig, "--context", "k"}, "kind-dev"},
 		"clusters":             {[]string{"--kubeconfig", kubeconfig, "--cluster", ""}, "kind-dev prod"},
 		"ca":                   {[]string{"c"}, "ca completion"},
-		"ca subcommands":       {[]string{"ca", ""}, "prepare rollback status trust"},
+		"ca subcommands":       {[]string{"ca", ""}, "finish prepare rollback status switch trust"},
 		"ca trust workloads":   {[]string{"ca", "trust", "--restart-workloads", ""}, "all kube-system none"},
 		"ca status nodes":      {[]string{"ca", "status", "-l", "pool=a", "--nodes", ""}, "w-1"},
 		"ca status output":     {[]string{"ca", "status", "-o", ""}, "json yaml"},

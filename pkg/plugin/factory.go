@@ -1,6 +1,8 @@
 package plugin
 
 import (
+	"fmt"
+	"os"
 	"sync"
 
 	"k8s.io/cli-runtime/pkg/genericclioptions"
@@ -23,6 +25,12 @@ type Factory interface {
 	Executor() (orchestrator.Executor, error)
 	// RawKubeConfig is the merged kubeconfig, for completing contexts.
 	RawKubeConfig() (clientcmdapi.Config, error)
+	// RESTConfig is the client configuration the flags select.
+	RESTConfig() (*rest.Config, error)
+	// TrustCAs has the clients made from now on trust these CAs (PEM) as
+	// well as the kubeconfig's: a CA rotation's new CA, whose serving
+	// certificates the API server presents once its issuers switched.
+	TrustCAs(pem []byte) error
 }
 
 // NewFactoryFunc makes a command's Factory from its kubeconfig flags.
@@ -63,6 +71,38 @@ func (f *kubeFactory) Executor() (orchestrator.Executor, error) {
 		return nil, err
 	}
 	return orchestrator.NewExecutor(f.config, f.client), nil
+}
+
+func (f *kubeFactory) RESTConfig() (*rest.Config, error) {
+	if err := f.init(); err != nil {
+		return nil, err
+	}
+	return rest.CopyConfig(f.config), nil
+}
+
+func (f *kubeFactory) TrustCAs(extra []byte) error {
+	if err := f.init(); err != nil {
+		return err
+	}
+	cfg := rest.CopyConfig(f.config)
+	current := cfg.CAData
+	if len(current) == 0 && cfg.CAFile != "" {
+		data, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return fmt.Errorf("reading the kubeconfig's CA file: %w", err)
+		}
+		current = data
+	}
+	if cfg.Insecure {
+		return nil // trusts anything already
+	}
+	cfg.CAData, cfg.CAFile = append(append(append([]byte{}, current...), '\n'), extra...), ""
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	f.config, f.client = cfg, client
+	return nil
 }
 
 func (f *kubeFactory) RawKubeConfig() (clientcmdapi.Config, error) {

@@ -18,6 +18,7 @@ import (
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/rest"
 	k8stesting "k8s.io/client-go/testing"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
@@ -38,6 +39,11 @@ func (f *fakeFactory) Executor() (orchestrator.Executor, error)  { return f.exec
 
 // RawKubeConfig reads the kubeconfig the flags name: contexts come from a
 // file, not from a cluster.
+func (f *fakeFactory) RESTConfig() (*rest.Config, error) {
+	return &rest.Config{Host: "https://fake"}, nil
+}
+func (f *fakeFactory) TrustCAs([]byte) error { return nil }
+
 func (f *fakeFactory) RawKubeConfig() (clientcmdapi.Config, error) {
 	return f.flags.ToRawKubeConfigLoader().RawConfig()
 }
