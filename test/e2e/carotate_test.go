@@ -7,8 +7,11 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -16,6 +19,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/pki"
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/report"
@@ -196,14 +200,16 @@ func (e *env) checkTrustBoth(old map[string]map[string][]string, next *pki.Autho
 	}
 }
 
-// caPrepareAndTrust runs the first two phases, judging each, and returns
-// the CA files before, the new cluster CA and the time of each phase.
-func (e *env) caPrepareAndTrust() (map[string]map[string][]string, *pki.Authority, time.Duration, time.Duration) {
+// caPrepare runs the first phase and judges it: the new CA staged on every
+// control plane (the same), no CA file changed, and the API server still
+// refusing a certificate of the new CA (so the probe can fail). It returns
+// the CA files before and the new cluster CA.
+func (e *env) caPrepare() (map[string]map[string][]string, *pki.Authority, time.Duration) {
 	e.t.Helper()
 	old := e.caFiles()
 	start := time.Now()
 	e.mustPlugin("ca", "prepare")
-	prepare := time.Since(start)
+	took := time.Since(start)
 	next := e.stagedAuthority(e.cps[0])
 	for _, cp := range e.cps[1:] {
 		if got := e.stagedAuthority(cp); !got.Cert.Equal(next.Cert) || !pki.SamePublicKey(got.Key.Public(), next.Key.Public()) {
@@ -216,11 +222,17 @@ func (e *env) caPrepareAndTrust() (map[string]map[string][]string, *pki.Authorit
 	if e.apiAccepts(next) {
 		e.t.Fatal("the API server accepts a certificate of the new CA before the trust phase: the probe proves nothing")
 	}
-	start = time.Now()
+	return old, next, took
+}
+
+// caTrust runs the trust phase and judges it (checkTrustBoth).
+func (e *env) caTrust(old map[string]map[string][]string, next *pki.Authority) time.Duration {
+	e.t.Helper()
+	start := time.Now()
 	e.mustPlugin("ca", "trust")
-	trust := time.Since(start)
+	took := time.Since(start)
 	e.checkTrustBoth(old, next)
-	return old, next, prepare, trust
+	return took
 }
 
 func equalCAFiles(a, b map[string]map[string][]string) bool {
@@ -257,4 +269,174 @@ func (e *env) caRollback(old map[string]map[string][]string, next *pki.Authority
 		e.t.Errorf("the CA rotation's record is still there: %v", err)
 	}
 	e.checkCAStatus()
+}
+
+// pollAPIBoth is pollAPI for a CA rotation: an anonymous client (kind
+// serves /readyz to anyone) that trusts the old and the new cluster CA,
+// so it judges the API server's availability, not which CA it presents.
+func (e *env) pollAPIBoth(next *pki.Authority) (failures *atomic.Int64, stop func()) {
+	e.t.Helper()
+	cfg := rest.AnonymousClientConfig(e.config)
+	bundle, err := pki.MergeCABundles(e.config.CAData, pki.EncodeCertPEM(next.Cert))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cfg.CAData = bundle
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	saved := e.client
+	e.client = client
+	defer func() { e.client = saved }()
+	return e.pollAPI()
+}
+
+// useKubeconfig makes the test and the plugin use the kubeconfig at path
+// from now on: it replaces the cluster's kubeconfig file (under its
+// kind-<name> context) and the test's clients. It returns the previous
+// file's content.
+func (e *env) useKubeconfig(path string) []byte {
+	e.t.Helper()
+	prev, err := os.ReadFile(e.cluster.KubeconfigPath())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	old, err := clientcmd.Load(prev)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	next, err := clientcmd.LoadFromFile(path)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	name := old.CurrentContext
+	ctx := next.Contexts[next.CurrentContext]
+	out := clientcmdapi.NewConfig()
+	out.Clusters[name] = next.Clusters[ctx.Cluster]
+	out.AuthInfos[name] = next.AuthInfos[ctx.AuthInfo]
+	out.Contexts[name] = &clientcmdapi.Context{Cluster: name, AuthInfo: name}
+	out.CurrentContext = name
+	if err := clientcmd.WriteToFile(*out, e.cluster.KubeconfigPath()); err != nil {
+		e.t.Fatal(err)
+	}
+	e.client = e.refreshedClient()
+	return prev
+}
+
+// kubeconfigAccepted tells whether the API server authenticates the
+// credentials of a kubeconfig (trusting any server certificate: the
+// question is the client's).
+func (e *env) kubeconfigAccepted(data []byte) bool {
+	e.t.Helper()
+	cc, err := clientcmd.NewClientConfigFromBytes(data)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cfg, err := cc.ClientConfig()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cfg.Insecure, cfg.CAData, cfg.CAFile = true, nil, ""
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err = client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil && !apierrors.IsUnauthorized(err) {
+		e.t.Fatalf("listing nodes: %v", err)
+	}
+	return err == nil
+}
+
+// caSwitchAndFinish runs the last two phases after caPrepareAndTrust and
+// judges them: after switch every certificate on every node is signed by
+// the new CAs (ca status, by signature) and the kubeconfig the switch wrote
+// works; after finish every CA file and trust point holds the new CA
+// alone, kube-root-ca.crt too, the old admin kubeconfig is refused and the
+// new one accepted.
+func (e *env) caSwitchAndFinish(old map[string]map[string][]string) (switchTime, finishTime time.Duration) {
+	e.t.Helper()
+	newKubeconfig := filepath.Join(e.t.TempDir(), "admin-new.conf")
+	start := time.Now()
+	e.mustPlugin("ca", "switch", "--write-kubeconfig", newKubeconfig)
+	switchTime = time.Since(start)
+	prev := e.useKubeconfig(newKubeconfig)
+	newIDs := map[string]string{}
+	for _, n := range e.nodes() {
+		for _, ca := range e.nodeCAs(n) {
+			got := e.caIDs(n, ca)
+			if len(got) != 2 || got[1] != old[n][ca.Name][0] {
+				e.t.Errorf("after switch node %s: /%s holds %v, want the new CA first, then the old %v", n, ca.CertFile, got, old[n][ca.Name])
+			}
+			if len(got) > 0 && slices.Contains(e.cps, n) {
+				newIDs[ca.Name] = got[0]
+			}
+		}
+	}
+	rep := e.caStatusJSON()
+	for _, c := range rep.Certificates {
+		if c.Missing || c.Issuer == "self-signed" {
+			continue
+		}
+		if want := newIDs[c.CA]; c.Issuer != want {
+			e.t.Errorf("after switch node %s: %s is signed by %s, want the new %s %s", c.Node, c.Name, c.Issuer, c.CA, want)
+		}
+	}
+	if !e.kubeconfigAccepted(prev) {
+		e.t.Error("after switch the old admin kubeconfig is refused: the old CA must stay trusted until finish")
+	}
+
+	start = time.Now()
+	e.mustPlugin("ca", "finish")
+	finishTime = time.Since(start)
+	for _, n := range e.nodes() {
+		for _, ca := range e.nodeCAs(n) {
+			if got := e.caIDs(n, ca); len(got) != 1 || got[0] != newIDs[ca.Name] {
+				e.t.Errorf("after finish node %s: /%s holds %v, want the new CA %s alone", n, ca.CertFile, got, newIDs[ca.Name])
+			}
+		}
+	}
+	rep = e.caStatusJSON()
+	if !rep.Consistent {
+		e.t.Errorf("after finish ca status is not consistent: %q", rep.Findings)
+	}
+	for _, tp := range append(append([]report.TrustPoint{}, rep.TrustPoints...), rep.Signers...) {
+		if !slices.Equal(tp.CAs, []string{newIDs[tp.CA]}) {
+			e.t.Errorf("after finish node %s: %s %s (%s) trusts %v, want the new CA alone", tp.Node, tp.Reader, tp.Setting, tp.Path, tp.CAs)
+		}
+	}
+	root, err := e.client.CoreV1().ConfigMaps("default").Get(context.Background(), "kube-root-ca.crt", metav1.GetOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if got := bundleIDs(e.t, []byte(root.Data["ca.crt"])); !slices.Equal(got, []string{newIDs["ca"]}) {
+		e.t.Errorf("after finish kube-root-ca.crt holds %v", got)
+	}
+	if e.kubeconfigAccepted(prev) {
+		e.t.Error("after finish the old admin kubeconfig is still accepted")
+	}
+	data, err := os.ReadFile(newKubeconfig)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if !e.kubeconfigAccepted(data) {
+		e.t.Error("after finish the kubeconfig the switch wrote is refused")
+	}
+	if _, err := e.client.CoreV1().ConfigMaps("kube-system").Get(context.Background(), "rotate-certs-ca", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		e.t.Errorf("the CA rotation's record is still there: %v", err)
+	}
+	return switchTime, finishTime
+}
+
+func (e *env) caStatusJSON() *report.CAStatusReport {
+	e.t.Helper()
+	out := e.mustPlugin("ca", "status", "-o", "json")
+	var rep report.CAStatusReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		e.t.Fatalf("ca status -o json: %v", err)
+	}
+	return &rep
 }

@@ -327,6 +327,7 @@ func (e *env) checkRenewed(before, after map[string]*snapshot, services ...pki.S
 func (e *env) pollAPI() (failures *atomic.Int64, stop func()) {
 	t := e.t
 	failures = &atomic.Int64{}
+	client := e.client
 	quit, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
@@ -337,7 +338,7 @@ func (e *env) pollAPI() (failures *atomic.Int64, stop func()) {
 			case <-time.After(200 * time.Millisecond):
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-			err := e.client.Discovery().RESTClient().Get().AbsPath("/readyz").Do(ctx).Error()
+			err := client.Discovery().RESTClient().Get().AbsPath("/readyz").Do(ctx).Error()
 			cancel()
 			if err != nil && failures.Add(1) <= 5 {
 				t.Logf("API poll failed: %v", err)

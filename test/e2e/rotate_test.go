@@ -237,7 +237,8 @@ func TestRotate(t *testing.T) {
 	t.Run("ca rotation: prepare, trust, rollback", func(t *testing.T) {
 		e.t = t
 		failures, stop := e.pollAPI()
-		old, next, prepare, trust := e.caPrepareAndTrust()
+		old, next, prepare := e.caPrepare()
+		trust := e.caTrust(old, next)
 		stop()
 		// One control plane: etcd and kube-apiserver restart to read the
 		// bundles, an outage of seconds (measured, reported).
@@ -287,10 +288,14 @@ func TestRotateHA(t *testing.T) {
 
 	t.Run("ca rotation under load", func(t *testing.T) {
 		e.t = t
-		failures, stop := e.pollAPI()
-		_, _, prepare, trust := e.caPrepareAndTrust()
+		old, next, prepare := e.caPrepare()
+		// From here the API server may present a certificate of either CA.
+		failures, stop := e.pollAPIBoth(next)
+		trust := e.caTrust(old, next)
+		switchTime, finish := e.caSwitchAndFinish(old)
 		stop()
-		t.Logf("ca prepare %s, ca trust %s", prepare.Round(100*time.Millisecond), trust.Round(100*time.Millisecond))
+		t.Logf("ca prepare %s, trust %s, switch %s, finish %s", prepare.Round(100*time.Millisecond), trust.Round(100*time.Millisecond),
+			switchTime.Round(100*time.Millisecond), finish.Round(100*time.Millisecond))
 		if f := failures.Load(); f > 0 {
 			t.Errorf("%d API requests through the load balancer failed during the CA rotation's phases", f)
 		}
