@@ -665,7 +665,7 @@ func (r *Runner) CASwitch(ctx context.Context, o CAOptions) (rep *CAReport, err 
 		return rep, err
 	}
 	for _, cp := range run.cps {
-		if err := run.switchNode(ctx, cp, graceful); err != nil {
+		if err := run.switchNode(ctx, cp, graceful, o.LeafValidity); err != nil {
 			return rep, err
 		}
 	}
@@ -731,12 +731,12 @@ func kubeletIssuedBy(in *api.InspectResult, id string) bool {
 }
 
 // switchNode switches one control plane's issuers and records it.
-func (run *caRun) switchNode(ctx context.Context, ap agentPod, graceful bool) error {
+func (run *caRun) switchNode(ctx context.Context, ap agentPod, graceful bool, validity time.Duration) error {
 	r, rep := run.r, &run.rep.Report
 	r.logf("node %s: the new CAs sign; re-issuing its certificates", ap.node)
 	signer := r.signerLeaseHolder(ctx)
 	before := len(rep.Rows)
-	res, err := r.change(ctx, ap, api.Request{Action: api.CASwitch, Graceful: graceful, Validity: 0,
+	res, err := r.change(ctx, ap, api.Request{Action: api.CASwitch, Graceful: graceful, Validity: validity,
 		CA: &api.CARequest{Rotation: run.rec.ID, New: run.rec.New}})
 	if err == nil {
 		r.addChanges(rep, ap, res.Renew)

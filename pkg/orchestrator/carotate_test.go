@@ -207,6 +207,10 @@ func (f *fakeCANodes) Exec(ctx context.Context, ns, pod, container string, cmd [
 			f.publishRootCA(req.CA.Trust)
 		}
 	case api.CASwitch:
+		if req.Validity != time.Hour { // the test's LeafValidity
+			res.Outcome, res.Error = api.Unchanged, fmt.Sprintf("asked for a validity of %s", req.Validity)
+			break
+		}
 		if f.trust[req.Node] != pki.TrustBoth || !f.staged[req.Node] {
 			res.Outcome, res.Error = api.Unchanged, "run the trust phase first"
 			break

@@ -361,9 +361,17 @@ func (e *env) caSwitchAndFinish(old map[string]map[string][]string) (switchTime,
 	e.t.Helper()
 	newKubeconfig := filepath.Join(e.t.TempDir(), "admin-new.conf")
 	start := time.Now()
+	// Interrupted while the second control plane switches, then resumed
+	// with the kubeconfig the interrupted run wrote before any switch.
+	cp := e.cps[len(e.cps)-1]
+	prev, err := os.ReadFile(e.cluster.KubeconfigPath())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.interruptCAPhase(cp, "node "+cp+": the new CAs sign", "ca-switch", "ca", "switch", "--write-kubeconfig", newKubeconfig)
 	e.mustPlugin("ca", "switch", "--write-kubeconfig", newKubeconfig)
 	switchTime = time.Since(start)
-	prev := e.useKubeconfig(newKubeconfig)
+	e.useKubeconfig(newKubeconfig)
 	newIDs := map[string]string{}
 	for _, n := range e.nodes() {
 		for _, ca := range e.nodeCAs(n) {
@@ -439,4 +447,23 @@ func (e *env) caStatusJSON() *report.CAStatusReport {
 		e.t.Fatalf("ca status -o json: %v", err)
 	}
 	return &rep
+}
+
+// interruptCAPhase interrupts a CA rotation phase while node is inside a
+// transaction of action, and checks the plugin said how to resume, no
+// agent pod stays and every node is Ready.
+func (e *env) interruptCAPhase(node, trigger, action string, args ...string) {
+	e.t.Helper()
+	stderr, err := e.pluginInterrupted(trigger, e.inTransaction(node, action), args...)
+	if err == nil {
+		e.t.Fatalf("the interrupted %s exited 0", strings.Join(args, " "))
+	}
+	if !strings.Contains(stderr, "run the same command again to resume") {
+		e.t.Errorf("the interrupted %s did not say how to resume", strings.Join(args, " "))
+	}
+	if slices.Contains(args, "switch") {
+		e.useKubeconfig(args[len(args)-1])
+	}
+	e.waitNoAgentPods(3 * time.Minute)
+	e.waitNodesReady(3 * time.Minute)
 }

@@ -238,6 +238,8 @@ func TestRotate(t *testing.T) {
 		e.t = t
 		failures, stop := e.pollAPI()
 		old, next, prepare := e.caPrepare()
+		// Interrupted while the control plane's trust changes, then resumed.
+		e.interruptCAPhase(e.cps[0], "trust points to both CAs", "ca-trust-both", "ca", "trust")
 		trust := e.caTrust(old, next)
 		stop()
 		// One control plane: etcd and kube-apiserver restart to read the
