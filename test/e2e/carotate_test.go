@@ -14,12 +14,15 @@ import (
 	"sync/atomic"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/utils/ptr"
 
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/pki"
 	"github.com/rotate-certs/kubectl-rotate-certs/pkg/report"
@@ -403,6 +406,8 @@ func (e *env) caSwitchAndFinish(old map[string]map[string][]string) (switchTime,
 	if !e.kubeconfigAccepted(prev) {
 		e.t.Error("after switch the old admin kubeconfig is refused: the old CA must stay trusted until finish")
 	}
+	// kube-apiserver and etcd serve the re-issued certificates (TLS).
+	e.checkServes(e.snapshots())
 
 	start = time.Now()
 	e.mustPlugin("ca", "finish")
@@ -473,4 +478,66 @@ func (e *env) interruptCAPhase(node, trigger, action string, args ...string) {
 	}
 	e.waitNoAgentPods(3 * time.Minute)
 	e.waitNodesReady(3 * time.Minute)
+}
+
+// inClusterProbe runs an in-cluster API client on a worker: a Deployment in
+// kube-system (so the CA rotation restarts it when it must read the CA
+// anew) of the pod network's image in its -probe-api mode, on the pod
+// network, with the pod network's ServiceAccount, reading /readyz through
+// the kubernetes Service every 200 ms and appending each failed request to
+// a file on the node. failures counts them (from every pod the Deployment
+// ran); stop removes it.
+func (e *env) inClusterProbe() (failures func() (int, string), stop func()) {
+	e.t.Helper()
+	ctx := context.Background()
+	node := e.workers[0]
+	ds, err := e.client.AppsV1().DaemonSets("kube-system").Get(ctx, "e2e-cni", metav1.GetOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	const name, dir = "api-probe", "/var/log/rotate-certs-api-probe"
+	labels := map[string]string{"app": name}
+	dep := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "kube-system"},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To[int32](1),
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					ServiceAccountName: ds.Spec.Template.Spec.ServiceAccountName,
+					NodeSelector:       map[string]string{"kubernetes.io/hostname": node},
+					Containers: []corev1.Container{{
+						Name: name, Image: ds.Spec.Template.Spec.Containers[0].Image, ImagePullPolicy: corev1.PullNever,
+						Args: []string{"-probe-api", "200ms", "-probe-log", "/probe/failures.log"},
+						Env: []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
+						VolumeMounts: []corev1.VolumeMount{{Name: "probe", MountPath: "/probe"}},
+					}},
+					Volumes: []corev1.Volume{{Name: "probe", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: dir, Type: ptr.To(corev1.HostPathDirectoryOrCreate)}}}},
+				},
+			},
+		},
+	}
+	if _, err := e.client.AppsV1().Deployments("kube-system").Create(ctx, dep, metav1.CreateOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+	read := func() string {
+		out, _ := e.cluster.Exec(ctx, node, nil, "sh", "-c", "cat "+dir+"/failures.log 2>/dev/null || true")
+		return string(out)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for !strings.Contains(read(), " START ") {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("the in-cluster probe did not start: %q", read())
+		}
+		time.Sleep(time.Second)
+	}
+	failures = func() (int, string) {
+		log := read()
+		return strings.Count(log, " FAIL "), log
+	}
+	stop = func() {
+		_ = e.client.AppsV1().Deployments("kube-system").Delete(ctx, name, metav1.DeleteOptions{})
+	}
+	return failures, stop
 }

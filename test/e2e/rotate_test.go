@@ -290,16 +290,23 @@ func TestRotateHA(t *testing.T) {
 
 	t.Run("ca rotation under load", func(t *testing.T) {
 		e.t = t
+		inCluster, stopProbe := e.inClusterProbe()
 		old, next, prepare := e.caPrepare()
 		// From here the API server may present a certificate of either CA.
 		failures, stop := e.pollAPIBoth(next)
 		trust := e.caTrust(old, next)
 		switchTime, finish := e.caSwitchAndFinish(old)
 		stop()
+		n, log := inCluster()
+		stopProbe()
 		t.Logf("ca prepare %s, trust %s, switch %s, finish %s", prepare.Round(100*time.Millisecond), trust.Round(100*time.Millisecond),
 			switchTime.Round(100*time.Millisecond), finish.Round(100*time.Millisecond))
+		t.Logf("in-cluster client (ServiceAccount, every 200 ms): %d failed requests\n%s", n, log)
 		if f := failures.Load(); f > 0 {
 			t.Errorf("%d API requests through the load balancer failed during the CA rotation's phases", f)
+		}
+		if n > 0 {
+			t.Errorf("%d API requests of the in-cluster client failed during the CA rotation's phases", n)
 		}
 		e.checkNodesReady()
 		e.checkNoAgentPods()

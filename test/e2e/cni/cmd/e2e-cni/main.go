@@ -5,6 +5,11 @@
 //     docker network, so the next hop is always on-link).
 //
 // It only needs get/list on nodes and the CNI plugins the node image ships in /opt/cni/bin.
+//
+// With -probe-api it is something else: the e2e suite's in-cluster API client, which
+// reads /readyz through its in-cluster config (ServiceAccount token, kube-root-ca.crt)
+// and appends every failed request to -probe-log (a hostPath file, so the count
+// survives the pod's restarts).
 package main
 
 import (
@@ -31,7 +36,13 @@ func main() {
 	confDir := flag.String("cni-conf-dir", "/etc/cni/net.d", "directory the node's container runtime reads CNI configurations from")
 	confName := flag.String("cni-conf-name", "10-e2e-cni.conflist", "file name of the configuration written")
 	interval := flag.Duration("interval", 5*time.Second, "how often nodes are re-read")
+	probe := flag.Duration("probe-api", 0, "instead of the pod network: read /readyz through the in-cluster config this often")
+	probeLog := flag.String("probe-log", "/probe/failures.log", "with -probe-api: the file each failed request is appended to")
 	flag.Parse()
+	if *probe > 0 {
+		probeAPI(*probe, *probeLog)
+		return
+	}
 	nodeName := os.Getenv("NODE_NAME")
 	if nodeName == "" {
 		log.Fatal("NODE_NAME must be set (downward API spec.nodeName)")
@@ -164,4 +175,50 @@ func writeConflist(path, podCIDR string) error {
 	}
 	log.Printf("wrote %s for podCIDR %s", path, podCIDR)
 	return nil
+}
+
+// probeAPI reads /readyz through the in-cluster config every interval until
+// SIGTERM, appending a line for each failed request (and one when it
+// starts) to path.
+func probeAPI(interval time.Duration, path string) {
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		log.Fatalf("probe log: %v", err)
+	}
+	defer f.Close()
+	note := func(format string, args ...any) {
+		line := fmt.Sprintf("%s %s %s\n", time.Now().UTC().Format(time.RFC3339Nano), os.Getenv("POD_NAME"), fmt.Sprintf(format, args...))
+		_, _ = f.WriteString(line)
+		log.Print(line)
+	}
+	cfg, err := rest.InClusterConfig()
+	if err != nil {
+		note("FAIL in-cluster config: %v", err)
+		os.Exit(1)
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		note("FAIL client: %v", err)
+		os.Exit(1)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	note("START probing %s every %s", cfg.Host, interval)
+	ok := 0
+	for ctx.Err() == nil {
+		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		err := client.Discovery().RESTClient().Get().AbsPath("/readyz").Do(rctx).Error()
+		cancel()
+		switch {
+		case err == nil:
+			ok++
+		case ctx.Err() == nil:
+			note("FAIL %v", err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(interval):
+		}
+	}
+	note("STOP after %d successful requests", ok)
 }
