@@ -509,8 +509,8 @@ func (e *env) inClusterProbe() (failures func() (int, string), stop func()) {
 					NodeSelector:       map[string]string{"kubernetes.io/hostname": node},
 					Containers: []corev1.Container{{
 						Name: name, Image: ds.Spec.Template.Spec.Containers[0].Image, ImagePullPolicy: corev1.PullNever,
-						Args: []string{"-probe-api", "200ms", "-probe-log", "/probe/failures.log"},
-						Env: []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
+						Args:         []string{"-probe-api", "200ms", "-probe-log", "/probe/failures.log"},
+						Env:          []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
 						VolumeMounts: []corev1.VolumeMount{{Name: "probe", MountPath: "/probe"}},
 					}},
 					Volumes: []corev1.Volume{{Name: "probe", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: dir, Type: ptr.To(corev1.HostPathDirectoryOrCreate)}}}},
