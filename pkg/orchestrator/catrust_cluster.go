@@ -301,10 +301,10 @@ func (r *Runner) restartCAReaders(ctx context.Context, scope string, rep *Report
 		return nil, err
 	}
 	if scope == CAReadersKubeSystem {
-		rep.note("CA readers: only kube-system's workloads were looked at: restart those of other namespaces that talk to the API server (kubectl rollout restart) before the new CA issues certificates")
+		rep.note("CA readers: only kube-system's workloads were looked at: restart those of other namespaces that talk to the API server (kubectl rollout restart) so they read the CA bundle anew (before ca switch, and again after ca finish)")
 	}
 	for _, p := range bare {
-		rep.note("CA readers: pod %s reads the cluster CA and has no controller to restart it: restart it yourself (delete and create it again) before the new CA issues certificates", p)
+		rep.note("CA readers: pod %s reads the cluster CA and has no controller to restart it: restart it yourself (delete and create it again) so it reads the CA bundle anew (before ca switch, and again after ca finish)", p)
 	}
 	for _, w := range readers {
 		if w.manual != "" {
@@ -317,7 +317,7 @@ func (r *Runner) restartCAReaders(ctx context.Context, scope string, rep *Report
 		case w.manual != "":
 			continue
 		case scope == CAReadersNone:
-			rep.note("CA readers: %s reads the cluster CA once, at start, and was not restarted (scope none): restart it yourself (kubectl rollout restart -n %s %s/%s) before the new CA issues certificates", w, w.namespace, strings.ToLower(w.kind), w.name)
+			rep.note("CA readers: %s reads the cluster CA once, at start, and was not restarted (scope none): restart it yourself (kubectl rollout restart -n %s %s/%s) so it reads the CA bundle anew (before ca switch, and again after ca finish)", w, w.namespace, strings.ToLower(w.kind), w.name)
 			continue
 		}
 		if err := r.waitDisruptionBudgets(ctx, w); err != nil {
@@ -327,7 +327,7 @@ func (r *Runner) restartCAReaders(ctx context.Context, scope string, rep *Report
 			return restarted, fmt.Errorf("%w%s", err, notRestartedYet(readers, w))
 		}
 		restarted = append(restarted, w.String())
-		rep.note("CA readers: %s restarted, to trust the new CA", w)
+		rep.note("CA readers: %s restarted, to read the CA bundle anew", w)
 	}
 	return restarted, nil
 }
