@@ -247,6 +247,9 @@ func (b *backup) restore() error {
 		case "file":
 			var data []byte
 			if data, err = b.content(e); err == nil {
+				err = ensureParent(b.root, e.Path)
+			}
+			if err == nil {
 				err = pki.WriteAtomic(b.root, pki.File{Path: e.Path, Data: data, Attr: e.Attr})
 			}
 		}
@@ -255,6 +258,16 @@ func (b *backup) restore() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// ensureParent makes the folder of a file to restore where it is gone (a
+// CA rotation removes its emptied staging folder), root-only.
+func ensureParent(root, rel string) error {
+	dir, err := pki.Resolve(root, filepath.Dir(rel))
+	if err != nil {
+		return err
+	}
+	return os.MkdirAll(dir, 0o700)
 }
 
 // prune removes the backups of all but the newest keep runs (at least

@@ -383,7 +383,8 @@ func (a *Agent) caDiscard(req api.Request) error {
 	if _, err := t.commit(); err != nil {
 		return err
 	}
-	// The folder itself, once empty (a restore would make it again).
+	// The folder itself, once empty (a restore of this transaction makes
+	// it again).
 	if dir, err := pki.Resolve(a.Root, pki.StagingDir); err == nil {
 		_ = os.Remove(dir)
 	}
@@ -395,7 +396,6 @@ func (a *Agent) caDiscard(req api.Request) error {
 type retrustPlan struct {
 	files   []pki.File
 	changed []string
-	readers map[string]bool
 }
 
 // planRetrust computes the new content of every trust point of the node
@@ -404,7 +404,7 @@ type retrustPlan struct {
 // new CAs. It writes nothing. A trust point it cannot read stops it.
 func (a *Agent) planRetrust(l layout, next map[string]*x509.Certificate, mode string) (*retrustPlan, error) {
 	tr := a.readTrust(l)
-	p := &retrustPlan{readers: map[string]bool{}}
+	p := &retrustPlan{}
 	done := map[string]bool{}
 	for _, tp := range tr.points {
 		if tp.Error != "" {
@@ -435,15 +435,6 @@ func (a *Agent) planRetrust(l layout, next map[string]*x509.Certificate, mode st
 		}
 		p.files = append(p.files, pki.File{Path: rel, Data: out, Mode: 0o644})
 		p.changed = append(p.changed, fmt.Sprintf("%s (%s %s)", tp.Path, tp.Reader, tp.Setting))
-		p.readers[tp.Reader] = true
-	}
-	// Every reader of a changed file: several components read one file.
-	for _, tp := range tr.points {
-		for _, f := range p.files {
-			if "/"+f.Path == tp.Path {
-				p.readers[tp.Reader] = true
-			}
-		}
 	}
 	sort.Strings(p.changed)
 	return p, nil

@@ -346,3 +346,29 @@ func TestCASwitch(t *testing.T) {
 		t.Error("a request with names was signed")
 	}
 }
+
+// Rolling back the discard of staged CAs (rollback of its run) puts them
+// back, although the emptied staging folder was removed.
+func TestCADiscardRolledBack(t *testing.T) {
+	cp := newFakeNode(t, "cp-1", pkitest.ECDSA, nil)
+	a := cp.agent()
+	handleOK(t, a, caReq(api.CAPrepare, "cp-1", api.CARequest{Validity: 24 * time.Hour}))
+	staged := tree(t, cp.root)
+	discard := caReq(api.CADiscard, "cp-1", api.CARequest{})
+	discard.Run = "rc-00000000000000d1"
+	handleOK(t, a, discard)
+	if pki.Exists(cp.root, pki.StagingDir) {
+		t.Fatal("the staging folder stayed")
+	}
+	rb := request(api.Rollback)
+	rb.RollbackRun = discard.Run
+	handleOK(t, a, rb)
+	for _, ca := range pki.CAs {
+		if !pki.Exists(cp.root, pki.Staged(ca).KeyFile) {
+			t.Errorf("%s was not restored", pki.Staged(ca).KeyFile)
+		}
+	}
+	if d := diff(staged, tree(t, cp.root)); len(d) > 0 {
+		t.Errorf("after the rollback: %v", d)
+	}
+}

@@ -123,9 +123,14 @@ func (t *txn) start(action string) error {
 	return nil
 }
 
-// write replaces a file (at a link's target) after backing it up.
+// write replaces a file (at a link's target) after backing it up. A
+// restore may write where a later transaction removed the folder: it is
+// made again, root-only.
 func (t *txn) write(f pki.File) error {
 	if err := t.b.addFile(f.Path); err != nil {
+		return err
+	}
+	if err := ensureParent(t.a.Root, f.Path); err != nil {
 		return err
 	}
 	return pki.WriteAtomic(t.a.Root, f)
