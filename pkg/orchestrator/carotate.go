@@ -474,10 +474,7 @@ func (run *caRun) trustNode(ctx context.Context, ap agentPod, rep *Report, mode 
 			}
 		}
 		r.releaseStoppedSigner(ctx, ap, signer, res.Renew)
-		err = r.waitNodeReady(ctx, ap.node)
-		if err != nil {
-			err = fmt.Errorf("node %s is not Ready within %s after its trust points changed", ap.node, r.Timeout)
-		}
+		err = run.waitReady(ctx, ap, "its trust points changed")
 	}
 	rep.failed(ap, err)
 	r.nodeEvent(rep, ap, caTrustEvent, rep.Rows[before:], err)
@@ -744,9 +741,7 @@ func (run *caRun) switchNode(ctx context.Context, ap agentPod, graceful bool, va
 			rep.nodeNote(ap, "its certificates were issued by the new CAs already: nothing changed")
 		}
 		r.releaseStoppedSigner(ctx, ap, signer, res.Renew)
-		if err = r.waitNodeReady(ctx, ap.node); err != nil {
-			err = fmt.Errorf("node %s is not Ready within %s after its issuers switched", ap.node, r.Timeout)
-		}
+		err = run.waitReady(ctx, ap, "its issuers switched")
 	}
 	rep.failed(ap, err)
 	r.nodeEvent(rep, ap, rotationEvent, rep.Rows[before:], err)
@@ -827,4 +822,15 @@ func (r *Runner) CAFinish(ctx context.Context, o CAOptions) (rep *CAReport, err 
 	rec.Phase = CAPhaseFinished
 	rep.note("CA rotation %s finished: every node trusts and uses the new CAs only", rec.ID)
 	return rep, nil
+}
+
+// waitReady waits until a node changed is Ready again. The change is not
+// done before: an interrupt (ctx) does not cut the wait short.
+func (run *caRun) waitReady(ctx context.Context, ap agentPod, after string) error {
+	fctx, cancel := run.r.finishing(ctx)
+	defer cancel()
+	if err := run.r.waitNodeReady(fctx, ap.node); err != nil {
+		return fmt.Errorf("node %s is not Ready within %s after %s: %w", ap.node, run.r.Timeout, after, err)
+	}
+	return nil
 }

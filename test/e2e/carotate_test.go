@@ -274,9 +274,13 @@ func (e *env) caRollback(old map[string]map[string][]string, next *pki.Authority
 	e.checkCAStatus()
 }
 
-// pollAPIBoth is pollAPI for a CA rotation: an anonymous client (kind
-// serves /readyz to anyone) that trusts the old and the new cluster CA,
-// so it judges the API server's availability, not which CA it presents.
+// pollAPIBoth is pollAPI for a CA rotation: an anonymous client that
+// trusts the old and the new cluster CA, so it judges the API server's
+// availability, not which CA it presents. It reads /version, a request
+// served like any other: /readyz answers 500 ("shutdown failed") on
+// purpose while a kube-apiserver drains, for load balancers to stop
+// sending it new connections, and the load balancer's connections opened
+// before keep reaching it until it closes them.
 func (e *env) pollAPIBoth(next *pki.Authority) (failures *atomic.Int64, stop func()) {
 	e.t.Helper()
 	cfg := rest.AnonymousClientConfig(e.config)
@@ -289,10 +293,7 @@ func (e *env) pollAPIBoth(next *pki.Authority) (failures *atomic.Int64, stop fun
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	saved := e.client
-	e.client = client
-	defer func() { e.client = saved }()
-	return e.pollAPI()
+	return e.pollPath(client, "/version")
 }
 
 // useKubeconfig makes the test and the plugin use the kubeconfig at path
@@ -483,7 +484,7 @@ func (e *env) interruptCAPhase(node, trigger, action string, args ...string) {
 // inClusterProbe runs an in-cluster API client on a worker: a Deployment in
 // kube-system (so the CA rotation restarts it when it must read the CA
 // anew) of the pod network's image in its -probe-api mode, on the pod
-// network, with the pod network's ServiceAccount, reading /readyz through
+// network, with the pod network's ServiceAccount, reading /version through
 // the kubernetes Service every 200 ms and appending each failed request to
 // a file on the node. failures counts them (from every pod the Deployment
 // ran); stop removes it.

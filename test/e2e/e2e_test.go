@@ -325,9 +325,13 @@ func (e *env) checkRenewed(before, after map[string]*snapshot, services ...pki.S
 // pollAPI reads /readyz through the kind endpoint every 200 ms and counts
 // failed requests until stop is called (or the test ends).
 func (e *env) pollAPI() (failures *atomic.Int64, stop func()) {
+	return e.pollPath(e.client, "/readyz")
+}
+
+// pollPath is pollAPI for any client and path.
+func (e *env) pollPath(client kubernetes.Interface, path string) (failures *atomic.Int64, stop func()) {
 	t := e.t
 	failures = &atomic.Int64{}
-	client := e.client
 	quit, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
@@ -338,7 +342,7 @@ func (e *env) pollAPI() (failures *atomic.Int64, stop func()) {
 			case <-time.After(200 * time.Millisecond):
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-			err := client.Discovery().RESTClient().Get().AbsPath("/readyz").Do(ctx).Error()
+			err := client.Discovery().RESTClient().Get().AbsPath(path).Do(ctx).Error()
 			cancel()
 			if err != nil && failures.Add(1) <= 5 {
 				t.Logf("API poll failed: %v", err)

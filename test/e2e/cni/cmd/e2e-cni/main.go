@@ -7,7 +7,7 @@
 // It only needs get/list on nodes and the CNI plugins the node image ships in /opt/cni/bin.
 //
 // With -probe-api it is something else: the e2e suite's in-cluster API client, which
-// reads /readyz through its in-cluster config (ServiceAccount token, kube-root-ca.crt)
+// reads /version through its in-cluster config (ServiceAccount token, kube-root-ca.crt)
 // and appends every failed request to -probe-log (a hostPath file, so the count
 // survives the pod's restarts).
 package main
@@ -36,7 +36,7 @@ func main() {
 	confDir := flag.String("cni-conf-dir", "/etc/cni/net.d", "directory the node's container runtime reads CNI configurations from")
 	confName := flag.String("cni-conf-name", "10-e2e-cni.conflist", "file name of the configuration written")
 	interval := flag.Duration("interval", 5*time.Second, "how often nodes are re-read")
-	probe := flag.Duration("probe-api", 0, "instead of the pod network: read /readyz through the in-cluster config this often")
+	probe := flag.Duration("probe-api", 0, "instead of the pod network: read /version through the in-cluster config this often")
 	probeLog := flag.String("probe-log", "/probe/failures.log", "with -probe-api: the file each failed request is appended to")
 	flag.Parse()
 	if *probe > 0 {
@@ -177,7 +177,7 @@ func writeConflist(path, podCIDR string) error {
 	return nil
 }
 
-// probeAPI reads /readyz through the in-cluster config every interval until
+// probeAPI reads /version through the in-cluster config every interval until
 // SIGTERM, appending a line for each failed request (and one when it
 // starts) to path.
 func probeAPI(interval time.Duration, path string) {
@@ -207,7 +207,7 @@ func probeAPI(interval time.Duration, path string) {
 	ok := 0
 	for ctx.Err() == nil {
 		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		err := client.Discovery().RESTClient().Get().AbsPath("/readyz").Do(rctx).Error()
+		err := client.Discovery().RESTClient().Get().AbsPath("/version").Do(rctx).Error()
 		cancel()
 		switch {
 		case err == nil:
