@@ -387,6 +387,10 @@ func (r *Runner) CATrust(ctx context.Context, o CAOptions) (rep *CAReport, err e
 	if rec == nil || rec.Phase == "" {
 		return rep, errors.New("no prepared CA rotation: run `kubectl rotate-certs ca prepare` first")
 	}
+	if rec.Phase == CAPhaseSwitched {
+		rep.note("CA rotation %s has switched issuers already: every trust point trusts both CAs; next: kubectl rotate-certs ca finish", rec.ID)
+		return rep, nil
+	}
 	// Every node's trust points must be readable before any changes.
 	if _, err := run.inspectTrust(ctx); err != nil {
 		return rep, fmt.Errorf("%w\nno file on any node was changed", err)

@@ -414,6 +414,11 @@ func TestCARotationPhases(t *testing.T) {
 	if _, err := r.CARollback(ctx, o); err == nil || !strings.Contains(err.Error(), "switched") {
 		t.Errorf("rollback after switch: %v", err)
 	}
+	// trust again after the switch changes nothing and keeps the phase.
+	f.reset()
+	if _, err := r.CATrust(ctx, o); err != nil || len(f.took(api.CATrust)) > 0 || caRecordOf(t, r).Phase != CAPhaseSwitched {
+		t.Errorf("trust after switch: %v, trust calls %v, phase %s", err, f.took(api.CATrust), caRecordOf(t, r).Phase)
+	}
 
 	// Finish refuses while anything is signed by an old CA.
 	f.mu.Lock()
