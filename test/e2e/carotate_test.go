@@ -7,15 +7,19 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -541,4 +545,113 @@ func (e *env) inClusterProbe() (failures func() (int, string), stop func()) {
 		_ = e.client.AppsV1().Deployments("kube-system").Delete(ctx, name, metav1.DeleteOptions{})
 	}
 	return failures, stop
+}
+
+// watchCluster watches, every second while the rotation runs, that every
+// node stays Ready, with a ServiceAccount token (which a CA rotation does
+// not touch) and both CAs trusted, through the load balancer. It records
+// the pods that exist at its start; check, at the end, says which node
+// was ever seen not Ready, and which of those pods is neither running nor
+// replaced by its controller (a bare pod that vanished, a pod not
+// running), with every pod of the cluster Running and Ready.
+func (e *env) watchCluster(next *pki.Authority) (check func() []string) {
+	e.t.Helper()
+	ctx := context.Background()
+	const name = "e2e-ca-watcher"
+	ns := "kube-system"
+	_, err := e.client.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	if err == nil {
+		_, err = e.client.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name},
+			RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "view"},
+			Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: name, Namespace: ns}}}, metav1.CreateOptions{})
+	}
+	if err == nil {
+		_, err = e.client.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: name + "-nodes"},
+			Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list"}}}}, metav1.CreateOptions{})
+	}
+	if err == nil {
+		_, err = e.client.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name + "-nodes"},
+			RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: name + "-nodes"},
+			Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: name, Namespace: ns}}}, metav1.CreateOptions{})
+	}
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	tok, err := e.client.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](3600)}}, metav1.CreateOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cfg := rest.AnonymousClientConfig(e.config)
+	cfg.BearerToken = tok.Status.Token
+	if cfg.CAData, err = pki.MergeCABundles(e.config.CAData, pki.EncodeCertPEM(next.Cert)); err != nil {
+		e.t.Fatal(err)
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	pods, err := client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var problems []string
+	seen := map[string]bool{}
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-quit:
+				return
+			case <-time.After(time.Second):
+			}
+			rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			nodes, err := client.CoreV1().Nodes().List(rctx, metav1.ListOptions{})
+			cancel()
+			if err != nil {
+				continue // the API's availability is the pollers' business
+			}
+			for _, n := range nodes.Items {
+				for _, c := range n.Status.Conditions {
+					if c.Type == corev1.NodeReady && c.Status != corev1.ConditionTrue && !seen[n.Name] {
+						mu.Lock()
+						seen[n.Name] = true
+						problems = append(problems, fmt.Sprintf("node %s was %s at %s: %s", n.Name, c.Status, time.Now().UTC().Format(time.RFC3339), c.Message))
+						mu.Unlock()
+					}
+				}
+			}
+		}
+	}()
+	return func() []string {
+		close(quit)
+		<-done
+		out := append([]string{}, problems...)
+		deadline := time.Now().Add(3 * time.Minute)
+		for {
+			var now []string
+			after, err := client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+			if err != nil {
+				now = append(now, fmt.Sprintf("listing pods: %v", err))
+			} else {
+				alive := map[string]bool{}
+				for _, p := range after.Items {
+					alive[p.Namespace+"/"+p.Name] = true
+					if p.Status.Phase != corev1.PodSucceeded && !(p.Status.Phase == corev1.PodRunning && podIsReady(&p)) && p.DeletionTimestamp == nil {
+						now = append(now, fmt.Sprintf("pod %s/%s is %s, not running and ready", p.Namespace, p.Name, p.Status.Phase))
+					}
+				}
+				for _, p := range pods.Items {
+					if !alive[p.Namespace+"/"+p.Name] && len(p.OwnerReferences) == 0 {
+						now = append(now, fmt.Sprintf("pod %s/%s, which has no controller, is gone", p.Namespace, p.Name))
+					}
+				}
+			}
+			if len(now) == 0 || time.Now().After(deadline) {
+				return append(out, now...)
+			}
+			time.Sleep(2 * time.Second)
+		}
+	}
 }

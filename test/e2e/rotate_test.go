@@ -294,9 +294,13 @@ func TestRotateHA(t *testing.T) {
 		old, next, prepare := e.caPrepare()
 		// From here the API server may present a certificate of either CA.
 		failures, stop := e.pollAPIBoth(next)
+		check := e.watchCluster(next)
 		trust := e.caTrust(old, next)
 		switchTime, finish := e.caSwitchAndFinish(old)
 		stop()
+		for _, p := range check() {
+			t.Error(p)
+		}
 		n, log := inCluster()
 		stopProbe()
 		t.Logf("ca prepare %s, trust %s, switch %s, finish %s", prepare.Round(100*time.Millisecond), trust.Round(100*time.Millisecond),
