@@ -260,10 +260,14 @@ func (r *Runner) CAPrepare(ctx context.Context, o CAOptions) (rep *CAReport, err
 		if err != nil {
 			return rep, err
 		}
-		if err := checkCAs(res.CA.Current, res.CA.Staged); err != nil {
+		ca, err := caAnswer(first, res)
+		if err != nil {
+			return rep, err
+		}
+		if err := checkCAs(ca.Current, ca.Staged); err != nil {
 			return rep, fmt.Errorf("node %s: %w", first.node, err)
 		}
-		rec.Old, rec.New = res.CA.Current, res.CA.Staged
+		rec.Old, rec.New = ca.Current, ca.Staged
 		if run.cm, err = r.saveCARecord(ctx, rec, run.cm); err != nil {
 			return rep, err
 		}
@@ -280,8 +284,12 @@ func (r *Runner) CAPrepare(ctx context.Context, o CAOptions) (rep *CAReport, err
 		if err != nil {
 			return rep, err
 		}
-		if len(res.CA.Staged) > 0 {
-			if !sameCAs(res.CA.Staged, rec.New) {
+		ca, err := caAnswer(cp, res)
+		if err != nil {
+			return rep, err
+		}
+		if len(ca.Staged) > 0 {
+			if !sameCAs(ca.Staged, rec.New) {
 				return rep, fmt.Errorf("node %s has other new CAs staged for rotation %s than the record says: roll the rotation back (kubectl rotate-certs ca rollback)", cp.node, rec.ID)
 			}
 			if sender < 0 {
@@ -289,11 +297,11 @@ func (r *Runner) CAPrepare(ctx context.Context, o CAOptions) (rep *CAReport, err
 			}
 			continue
 		}
-		if len(res.CA.PublicKey) == 0 {
+		if len(ca.PublicKey) == 0 {
 			return rep, fmt.Errorf("node %s answered without a hand-over key", cp.node)
 		}
 		receivers = append(receivers, i)
-		keys[i] = res.CA.PublicKey
+		keys[i] = ca.PublicKey
 	}
 	if len(receivers) > 0 && sender < 0 {
 		return rep, fmt.Errorf("no control plane holds the new CAs of rotation %s any more: roll it back (kubectl rotate-certs ca rollback) and prepare again", rec.ID)
@@ -302,15 +310,22 @@ func (r *Runner) CAPrepare(ctx context.Context, o CAOptions) (rep *CAReport, err
 		to := run.cps[i]
 		from := run.cps[sender]
 		r.logf("node %s: receiving the new CA keys from %s, end-to-end encrypted", to.node, from.node)
-		sealed, err := r.change(ctx, from, api.Request{Action: api.CAHandoverSeal, CA: &api.CARequest{Rotation: rec.ID, Peer: to.node, PublicKey: keys[i]}})
+		res, err := r.change(ctx, from, api.Request{Action: api.CAHandoverSeal, CA: &api.CARequest{Rotation: rec.ID, Peer: to.node, PublicKey: keys[i]}})
 		if err != nil {
 			return rep, err
 		}
-		opened, err := r.change(ctx, to, api.Request{Action: api.CAHandoverOpen, CA: &api.CARequest{Rotation: rec.ID, Peer: from.node, Sealed: sealed.CA.Sealed, New: rec.New}})
+		sealed, err := caAnswer(from, res)
 		if err != nil {
 			return rep, err
 		}
-		if !sameCAs(opened.CA.Staged, rec.New) {
+		if res, err = r.change(ctx, to, api.Request{Action: api.CAHandoverOpen, CA: &api.CARequest{Rotation: rec.ID, Peer: from.node, Sealed: sealed.Sealed, New: rec.New}}); err != nil {
+			return rep, err
+		}
+		opened, err := caAnswer(to, res)
+		if err != nil {
+			return rep, err
+		}
+		if !sameCAs(opened.Staged, rec.New) {
 			return rep, fmt.Errorf("node %s staged other CAs than the rotation's", to.node)
 		}
 		rep.nodeNote(to, "received the new CA keys from "+from.node)
@@ -323,6 +338,15 @@ func (r *Runner) CAPrepare(ctx context.Context, o CAOptions) (rep *CAReport, err
 		rep.note("new CA %s: %s (replaces %s)", name, certID(rec.New[name]), certID(rec.Old[name]))
 	}
 	return rep, nil
+}
+
+// caAnswer is a CA action's answer, which a node that says it succeeded
+// must carry.
+func caAnswer(ap agentPod, res *api.Result) (*api.CAResult, error) {
+	if res == nil || res.CA == nil {
+		return nil, fmt.Errorf("node %s: the agent answered %s without its result", ap.node, res.Outcome)
+	}
+	return res.CA, nil
 }
 
 // checkCAs checks what a node said the current and new CAs are: the same
@@ -653,7 +677,11 @@ func (r *Runner) CASwitch(ctx context.Context, o CAOptions) (rep *CAReport, err 
 		if err != nil {
 			return rep, err
 		}
-		if err := o.OnClientCertificate([]byte(res.CA.Certificate)); err != nil {
+		signed, err := caAnswer(run.cps[0], res)
+		if err != nil {
+			return rep, err
+		}
+		if err := o.OnClientCertificate([]byte(signed.Certificate)); err != nil {
 			return rep, err
 		}
 	}

@@ -45,13 +45,15 @@ type fakeCANodes struct {
 	kubelet  map[string]string // node -> CA id of its kubelet client certificate
 	cps      []string
 	fail     map[string]api.Action // node -> action that fails once
+	// bare: node -> action it answers "done" without its result, once.
+	bare map[string]api.Action
 }
 
 func newFakeCANodes(t *testing.T, c *fake.Clientset, cps, workers []string) *fakeCANodes {
 	root := t.TempDir()
 	pkitest.ControlPlane(t, root, "cp", pkitest.ECDSA)
 	f := &fakeCANodes{t: t, c: c, old: map[string]*pki.Authority{}, new: map[string]*pki.Authority{}, staged: map[string]bool{}, keys: map[string]bool{},
-		trust: map[string]string{}, switched: map[string]bool{}, kubelet: map[string]string{}, cps: cps, fail: map[string]api.Action{}}
+		trust: map[string]string{}, switched: map[string]bool{}, kubelet: map[string]string{}, cps: cps, fail: map[string]api.Action{}, bare: map[string]api.Action{}}
 	for _, ca := range pki.CAs {
 		old, err := pki.LoadAuthority(root, ca)
 		if err != nil {
@@ -143,6 +145,10 @@ func (f *fakeCANodes) Exec(ctx context.Context, ns, pod, container string, cmd [
 	if f.fail[req.Node] == req.Action {
 		delete(f.fail, req.Node)
 		res.Outcome, res.Error = api.Restored, "injected failure"
+		return json.Marshal(res)
+	}
+	if f.bare[req.Node] == req.Action {
+		delete(f.bare, req.Node)
 		return json.Marshal(res)
 	}
 	cp := slices.Contains(f.cps, req.Node)
@@ -297,6 +303,13 @@ func TestCARotationPhases(t *testing.T) {
 	if _, err := r.CATrust(ctx, o); err == nil || !strings.Contains(err.Error(), "ca prepare") {
 		t.Fatalf("trust before prepare: %v", err)
 	}
+	// A node that says it succeeded but answers nothing is an error, not
+	// a crash.
+	f.bare["cp-1"] = api.CAPrepare
+	if _, err := r.CAPrepare(ctx, o); err == nil || !strings.Contains(err.Error(), "without its result") {
+		t.Fatalf("an empty answer: %v", err)
+	}
+	f.reset()
 	if _, err := r.CAPrepare(ctx, o); err != nil {
 		t.Fatal(err)
 	}
