@@ -643,6 +643,12 @@ func (e *env) watchCluster(next *pki.Authority) (check func() []string) {
 					}
 				}
 				for _, p := range pods.Items {
+					// The plugin's own agent pods come and go, and a pod
+					// already being deleted at the start was not the
+					// rotation's to keep.
+					if p.Labels["app.kubernetes.io/name"] == "rotate-certs-agent" || p.DeletionTimestamp != nil {
+						continue
+					}
 					if !alive[p.Namespace+"/"+p.Name] && len(p.OwnerReferences) == 0 {
 						now = append(now, fmt.Sprintf("pod %s/%s, which has no controller, is gone", p.Namespace, p.Name))
 					}
