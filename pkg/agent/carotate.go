@@ -80,6 +80,21 @@ func (a *Agent) readStaged(l layout, rotation string) ([]*pki.Authority, error) 
 	return out, nil
 }
 
+// stagedFor reads a CA request and the CAs staged on this node for its
+// rotation, for an action that only reads them (no transaction).
+func (a *Agent) stagedFor(req api.Request) (*api.CARequest, []*pki.Authority, error) {
+	cr, err := caRequest(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	l, err := a.detectLayout()
+	if err != nil {
+		return nil, nil, err
+	}
+	staged, err := a.readStaged(l, cr.Rotation)
+	return cr, staged, err
+}
+
 func stagedResult(cas []*pki.Authority) *api.CAResult {
 	res := &api.CAResult{Staged: map[string]string{}}
 	for _, s := range cas {
@@ -244,15 +259,7 @@ func (a *Agent) caHandoverKey(req api.Request) (*api.CAResult, error) {
 // caHandoverSeal encrypts the CAs staged here to the receiver's public key,
 // bound to the rotation, this node and the receiver.
 func (a *Agent) caHandoverSeal(req api.Request) (*api.CAResult, error) {
-	cr, err := caRequest(req)
-	if err != nil {
-		return nil, err
-	}
-	l, err := a.detectLayout()
-	if err != nil {
-		return nil, err
-	}
-	staged, err := a.readStaged(l, cr.Rotation)
+	cr, staged, err := a.stagedFor(req)
 	if err != nil {
 		return nil, err
 	}
@@ -859,18 +866,12 @@ func (a *Agent) caSwitch(ctx context.Context, req api.Request) (*api.RenewResult
 			}
 			out.Changed = append(out.Changed, "/"+f.Path)
 		}
-		changed := map[pki.Service]bool{pki.ServiceControllerManager: len(signerFiles) > 0}
-		serials := map[string]string{}
-		for _, r := range p.renewals {
-			for _, f := range r.Files {
-				if err := t.write(f); err != nil {
-					return err
-				}
-			}
-			changed[r.Cert.Service] = true
-			serials[r.Cert.Name] = r.New.Cert.SerialNumber.String()
-			res.Changes = append(res.Changes, renewalChange(r))
+		changed, serials, err := writeRenewals(t, p, res)
+		if err != nil {
+			return err
 		}
+		// The signer's files make kube-controller-manager restart too.
+		changed[pki.ServiceControllerManager] = changed[pki.ServiceControllerManager] || len(signerFiles) > 0
 		return a.settle(txCtx, l, p.services, changed, serials, true, req.Graceful, res)
 	}()
 	if err != nil {
@@ -915,15 +916,7 @@ func (a *Agent) switchSigner(next *pki.Authority) ([]pki.File, error) {
 // key stays where the user made it. The certificate keeps the request's
 // subject and is for client authentication only.
 func (a *Agent) caSign(req api.Request) (*api.CAResult, error) {
-	cr, err := caRequest(req)
-	if err != nil {
-		return nil, err
-	}
-	l, err := a.detectLayout()
-	if err != nil {
-		return nil, err
-	}
-	staged, err := a.readStaged(l, cr.Rotation)
+	cr, staged, err := a.stagedFor(req)
 	if err != nil {
 		return nil, err
 	}

@@ -71,19 +71,28 @@ func (a *Agent) commit(t *txn, res *api.RenewResult) error {
 }
 
 func (a *Agent) applyRenewals(ctx context.Context, req api.Request, l layout, p *nodePlan, t *txn, res *api.RenewResult) error {
-	changed := map[pki.Service]bool{}
-	serials := map[string]string{}
+	changed, serials, err := writeRenewals(t, p, res)
+	if err != nil {
+		return err
+	}
+	return a.settle(ctx, l, p.services, changed, serials, req.Restart == api.RestartAll, req.Graceful, res)
+}
+
+// writeRenewals writes a plan's renewals in a transaction and says which
+// services changed and each new certificate's serial, for settle.
+func writeRenewals(t *txn, p *nodePlan, res *api.RenewResult) (changed map[pki.Service]bool, serials map[string]string, err error) {
+	changed, serials = map[pki.Service]bool{}, map[string]string{}
 	for _, r := range p.renewals {
 		for _, f := range r.Files {
 			if err := t.write(f); err != nil {
-				return err
+				return nil, nil, err
 			}
 		}
 		changed[r.Cert.Service] = true
 		serials[r.Cert.Name] = r.New.Cert.SerialNumber.String()
 		res.Changes = append(res.Changes, renewalChange(r))
 	}
-	return a.settle(ctx, l, p.services, changed, serials, req.Restart == api.RestartAll, req.Graceful, res)
+	return changed, serials, nil
 }
 
 // settle makes the components use what was written: etcd and

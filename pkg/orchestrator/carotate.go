@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"strings"
 	"time"
@@ -289,7 +290,7 @@ func (r *Runner) CAPrepare(ctx context.Context, o CAOptions) (rep *CAReport, err
 			return rep, err
 		}
 		if len(ca.Staged) > 0 {
-			if !sameCAs(ca.Staged, rec.New) {
+			if !maps.Equal(ca.Staged, rec.New) {
 				return rep, fmt.Errorf("node %s has other new CAs staged for rotation %s than the record says: roll the rotation back (kubectl rotate-certs ca rollback)", cp.node, rec.ID)
 			}
 			if sender < 0 {
@@ -325,7 +326,7 @@ func (r *Runner) CAPrepare(ctx context.Context, o CAOptions) (rep *CAReport, err
 		if err != nil {
 			return rep, err
 		}
-		if !sameCAs(opened.Staged, rec.New) {
+		if !maps.Equal(opened.Staged, rec.New) {
 			return rep, fmt.Errorf("node %s staged other CAs than the rotation's", to.node)
 		}
 		rep.nodeNote(to, "received the new CA keys from "+from.node)
@@ -335,7 +336,7 @@ func (r *Runner) CAPrepare(ctx context.Context, o CAOptions) (rep *CAReport, err
 		return rep, err
 	}
 	for _, name := range sortedKeys(rec.New) {
-		rep.note("new CA %s: %s (replaces %s)", name, certID(rec.New[name]), certID(rec.Old[name]))
+		rep.note("new CA %s: %s (replaces %s)", name, CertID(rec.New[name]), CertID(rec.Old[name]))
 	}
 	return rep, nil
 }
@@ -374,25 +375,12 @@ func checkCAs(current, next map[string]string) error {
 	return nil
 }
 
-func sameCAs(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
+// CertID is the CA id of a PEM CA certificate, or "?".
+func CertID(p string) string {
+	if ids, err := pki.BundleIDs([]byte(p)); err == nil && len(ids) == 1 {
+		return ids[0]
 	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
-}
-
-// certID is the CA id of a PEM certificate, or "?".
-func certID(p string) string {
-	c, err := pki.ParseCertificatePEM([]byte(p))
-	if err != nil {
-		return "?"
-	}
-	return pki.CAID(c)
+	return "?"
 }
 
 // CATrust runs the trust phase: every trust point of every node (control
@@ -431,15 +419,9 @@ func (r *Runner) CATrust(ctx context.Context, o CAOptions) (rep *CAReport, err e
 			return rep, err
 		}
 	}
-	workerReps := make([]Report, len(run.workers))
-	errs := rollout(ctx, len(run.workers), o.Parallelism.Cap(len(run.workers)), func(i int) error {
-		workerReps[i].Run, workerReps[i].User = rep.Run, rep.User
-		return trust(ctx, run.workers[i], &workerReps[i])
-	})
-	for i := range workerReps {
-		rep.merge(&workerReps[i])
-	}
-	if err := rolloutError(errs); err != nil {
+	if err := rolloutNodes(ctx, &rep.Report, run.workers, o.Parallelism.Cap(len(run.workers)), func(ap agentPod, rep *Report) error {
+		return trust(ctx, ap, rep)
+	}); err != nil {
 		return rep, err
 	}
 	if ctx.Err() != nil {
@@ -539,20 +521,16 @@ func (run *caRun) trustCluster(ctx context.Context, mode, readers string) error 
 	if err != nil {
 		return err
 	}
+	want, err := pki.BundleIDs(bundle)
+	if err != nil {
+		return err
+	}
 	changed, err := r.setClusterInfoCA(ctx, bundle)
 	if err != nil {
 		return err
 	}
 	if changed {
-		rep.note("kube-public/cluster-info: its kubeconfig trusts %s", describeBundle(bundle))
-	}
-	certs, err := pki.ParseCABundle(bundle)
-	if err != nil {
-		return err
-	}
-	var want []string
-	for _, c := range certs {
-		want = append(want, pki.CAID(c))
+		rep.note("kube-public/cluster-info: its kubeconfig trusts %s", strings.Join(want, " and "))
 	}
 	r.logf("Waiting for every namespace's kube-root-ca.crt to hold %s", strings.Join(want, " and "))
 	if err := r.waitRootCAPublished(ctx, want); err != nil {
@@ -566,18 +544,6 @@ func (run *caRun) trustCluster(ctx context.Context, mode, readers string) error 
 	rec.Restarted = append(rec.Restarted, restarted...)
 	sort.Strings(rec.Restarted)
 	return err
-}
-
-func describeBundle(bundle []byte) string {
-	certs, err := pki.ParseCABundle(bundle)
-	if err != nil {
-		return "?"
-	}
-	var ids []string
-	for _, c := range certs {
-		ids = append(ids, pki.CAID(c))
-	}
-	return strings.Join(ids, " and ")
 }
 
 // CARollback undoes the phases done: the new CAs leave every trust point
@@ -604,15 +570,9 @@ func (r *Runner) CARollback(ctx context.Context, o CAOptions) (rep *CAReport, er
 		if err != nil {
 			return rep, err
 		}
-		workerReps := make([]Report, len(run.workers))
-		errs := rollout(ctx, len(run.workers), o.Parallelism.Cap(len(run.workers)), func(i int) error {
-			workerReps[i].Run, workerReps[i].User = rep.Run, rep.User
-			return run.trustNode(ctx, run.workers[i], &workerReps[i], pki.TrustOld, graceful)
-		})
-		for i := range workerReps {
-			rep.merge(&workerReps[i])
-		}
-		if err := rolloutError(errs); err != nil {
+		if err := rolloutNodes(ctx, &rep.Report, run.workers, o.Parallelism.Cap(len(run.workers)), func(ap agentPod, rep *Report) error {
+			return run.trustNode(ctx, ap, rep, pki.TrustOld, graceful)
+		}); err != nil {
 			return rep, err
 		}
 		for _, cp := range run.cps {
@@ -624,13 +584,8 @@ func (r *Runner) CARollback(ctx context.Context, o CAOptions) (rep *CAReport, er
 			return rep, err
 		}
 	}
-	for _, cp := range run.cps {
-		if _, err := r.change(ctx, cp, api.Request{Action: api.CADiscard, CA: &api.CARequest{Rotation: rec.ID}}); err != nil {
-			return rep, err
-		}
-	}
-	if err := r.Client.CoreV1().ConfigMaps(Namespace).Delete(ctx, CARecordName, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-		return rep, fmt.Errorf("removing the CA rotation's record: %w", err)
+	if err := run.forget(ctx); err != nil {
+		return rep, err
 	}
 	rec.Phase = CAPhaseRolledBack
 	rep.note("CA rotation %s rolled back: every node trusts the old CAs only, and the new CAs are gone", rec.ID)
@@ -721,15 +676,9 @@ func (r *Runner) CASwitch(ctx context.Context, o CAOptions) (rep *CAReport, err 
 			return rep, err
 		}
 	}
-	workerReps := make([]Report, len(run.workers))
-	errs := rollout(ctx, len(run.workers), o.Parallelism.Cap(len(run.workers)), func(i int) error {
-		workerReps[i].Run, workerReps[i].User = rep.Run, rep.User
-		return kubelet(ctx, run.workers[i], byNode[run.workers[i].node], &workerReps[i])
-	})
-	for i := range workerReps {
-		rep.merge(&workerReps[i])
-	}
-	if err := rolloutError(errs); err != nil {
+	if err := rolloutNodes(ctx, &rep.Report, run.workers, o.Parallelism.Cap(len(run.workers)), func(ap agentPod, rep *Report) error {
+		return kubelet(ctx, ap, byNode[ap.node], rep)
+	}); err != nil {
 		return rep, err
 	}
 	if ctx.Err() != nil {
@@ -804,7 +753,7 @@ func (r *Runner) CAFinish(ctx context.Context, o CAOptions) (rep *CAReport, err 
 	}
 	old := map[string]string{}
 	for name, p := range rec.Old {
-		old[certID(p)] = name
+		old[CertID(p)] = name
 	}
 	var left []string
 	for i, in := range inspects {
@@ -826,15 +775,9 @@ func (r *Runner) CAFinish(ctx context.Context, o CAOptions) (rep *CAReport, err 
 			return rep, err
 		}
 	}
-	workerReps := make([]Report, len(run.workers))
-	errs := rollout(ctx, len(run.workers), o.Parallelism.Cap(len(run.workers)), func(i int) error {
-		workerReps[i].Run, workerReps[i].User = rep.Run, rep.User
-		return run.trustNode(ctx, run.workers[i], &workerReps[i], pki.TrustNew, graceful)
-	})
-	for i := range workerReps {
-		rep.merge(&workerReps[i])
-	}
-	if err := rolloutError(errs); err != nil {
+	if err := rolloutNodes(ctx, &rep.Report, run.workers, o.Parallelism.Cap(len(run.workers)), func(ap agentPod, rep *Report) error {
+		return run.trustNode(ctx, ap, rep, pki.TrustNew, graceful)
+	}); err != nil {
 		return rep, err
 	}
 	if ctx.Err() != nil {
@@ -843,13 +786,8 @@ func (r *Runner) CAFinish(ctx context.Context, o CAOptions) (rep *CAReport, err 
 	if err := run.trustCluster(ctx, pki.TrustNew, o.Readers); err != nil {
 		return rep, err
 	}
-	for _, cp := range run.cps {
-		if _, err := r.change(ctx, cp, api.Request{Action: api.CADiscard, CA: &api.CARequest{Rotation: rec.ID}}); err != nil {
-			return rep, err
-		}
-	}
-	if err := r.Client.CoreV1().ConfigMaps(Namespace).Delete(ctx, CARecordName, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-		return rep, fmt.Errorf("removing the CA rotation's record: %w", err)
+	if err := run.forget(ctx); err != nil {
+		return rep, err
 	}
 	rec.Phase = CAPhaseFinished
 	rep.note("CA rotation %s finished: every node trusts and uses the new CAs only", rec.ID)
@@ -863,6 +801,20 @@ func (run *caRun) waitReady(ctx context.Context, ap agentPod, after string) erro
 	defer cancel()
 	if err := run.r.waitNodeReady(fctx, ap.node); err != nil {
 		return fmt.Errorf("node %s is not Ready within %s after %s: %w", ap.node, run.r.Timeout, after, err)
+	}
+	return nil
+}
+
+// forget ends a rotation: the control planes remove their staged copies of
+// the new CAs, then the record goes.
+func (run *caRun) forget(ctx context.Context) error {
+	for _, cp := range run.cps {
+		if _, err := run.r.change(ctx, cp, api.Request{Action: api.CADiscard, CA: &api.CARequest{Rotation: run.rec.ID}}); err != nil {
+			return err
+		}
+	}
+	if err := run.r.Client.CoreV1().ConfigMaps(Namespace).Delete(ctx, CARecordName, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("removing the CA rotation's record: %w", err)
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -187,7 +188,7 @@ func (f *fakeCANodes) Exec(ctx context.Context, ns, pod, container string, cmd [
 		}
 		res.CA = &api.CAResult{Sealed: []byte("sealed-by-" + req.Node + "-for-" + req.CA.Peer)}
 	case api.CAHandoverOpen:
-		if !f.keys[req.Node] || string(req.CA.Sealed) != "sealed-by-"+req.CA.Peer+"-for-"+req.Node || !maps(req.CA.New, pemsOf(f.new, all...)) {
+		if !f.keys[req.Node] || string(req.CA.Sealed) != "sealed-by-"+req.CA.Peer+"-for-"+req.Node || !maps.Equal(req.CA.New, pemsOf(f.new, all...)) {
 			res.Outcome, res.Error = api.Unchanged, "refused"
 			break
 		}
@@ -249,18 +250,6 @@ func (f *fakeCANodes) Exec(ctx context.Context, ns, pod, container string, cmd [
 	return json.Marshal(res)
 }
 
-func maps(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
-}
-
 func (f *fakeCANodes) took(action api.Action) []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -317,7 +306,7 @@ func TestCARotationPhases(t *testing.T) {
 		t.Errorf("prepare asked: %s", got)
 	}
 	rec := caRecordOf(t, r)
-	if rec == nil || rec.Phase != CAPhasePrepared || !maps(rec.New, pemsOf(f.new, "ca", "etcd-ca", "front-proxy-ca")) || !maps(rec.Old, pemsOf(f.old, "ca", "etcd-ca", "front-proxy-ca")) {
+	if rec == nil || rec.Phase != CAPhasePrepared || !maps.Equal(rec.New, pemsOf(f.new, "ca", "etcd-ca", "front-proxy-ca")) || !maps.Equal(rec.Old, pemsOf(f.old, "ca", "etcd-ca", "front-proxy-ca")) {
 		t.Fatalf("record after prepare: %+v", rec)
 	}
 	f.reset()

@@ -134,16 +134,11 @@ func (r *Runner) Recover(ctx context.Context, o RecoverOptions) (rep *RecoverRep
 			r.addChanges(&rep.Report, ap, res.Renew)
 		}
 	}
-	reps := make([]Report, len(workers))
-	errs = rollout(ctx, len(workers), o.Parallelism.Cap(len(workers)), func(i int) error {
-		err := r.recoverWorker(ctx, workers[i], cps[0], o, &reps[i])
-		reps[i].failed(workers[i], err)
+	if err := rolloutNodes(ctx, &rep.Report, workers, o.Parallelism.Cap(len(workers)), func(ap agentPod, rep *Report) error {
+		err := r.recoverWorker(ctx, ap, cps[0], o, rep)
+		rep.failed(ap, err)
 		return err
-	})
-	for i := range reps {
-		rep.merge(&reps[i])
-	}
-	if err := rolloutError(errs); err != nil {
+	}); err != nil {
 		return rep, err
 	}
 	res, err := r.call(ctx, cps[0], api.Request{Action: api.ReadAdminKubeconfig})

@@ -143,15 +143,7 @@ func (r *Runner) Rollback(ctx context.Context, o RollbackOptions) (rep *Report, 
 			return rep, err
 		}
 	}
-	reps := make([]Report, len(workers))
-	for i := range reps {
-		reps[i].Run, reps[i].User, reps[i].RolledBack = rep.Run, rep.User, rep.RolledBack
-	}
-	errs = rollout(ctx, len(workers), o.Parallelism.Cap(len(workers)), func(i int) error { return recorded(workers[i], &reps[i]) })
-	for i := range reps {
-		rep.merge(&reps[i])
-	}
-	return rep, rolloutError(errs)
+	return rep, rolloutNodes(ctx, rep, workers, o.Parallelism.Cap(len(workers)), recorded)
 }
 
 // permissions are what a rollback with these options needs.

@@ -128,3 +128,19 @@ func rolloutError(errs []error) error {
 	}
 	return errors.Join(failed...)
 }
+
+// rolloutNodes does fn on each node in a rollout (at most limit at once,
+// see rollout), each with a report of its own that starts as rep (run,
+// user, what it rolls back) and is merged into rep in the nodes' order; it
+// returns rolloutError of the outcomes.
+func rolloutNodes(ctx context.Context, rep *Report, nodes []agentPod, limit int, fn func(ap agentPod, rep *Report) error) error {
+	reps := make([]Report, len(nodes))
+	errs := rollout(ctx, len(nodes), limit, func(i int) error {
+		reps[i].Run, reps[i].User, reps[i].RolledBack = rep.Run, rep.User, rep.RolledBack
+		return fn(nodes[i], &reps[i])
+	})
+	for i := range reps {
+		rep.merge(&reps[i])
+	}
+	return rolloutError(errs)
+}

@@ -249,15 +249,9 @@ func (r *Runner) Rotate(ctx context.Context, o RotateOptions) (rep *Report, err 
 			workers = append(workers, ap)
 		}
 	}
-	workerReps := make([]Report, len(workers))
-	errs = rollout(ctx, len(workers), limit, func(i int) error {
-		workerReps[i].Run, workerReps[i].User = rep.Run, rep.User
-		return r.rotateOne(ctx, workers[i], o, &workerReps[i], skip[workers[i].node], lock)
-	})
-	for i := range workerReps {
-		rep.merge(&workerReps[i])
-	}
-	if err := rolloutError(errs); err != nil {
+	if err := rolloutNodes(ctx, rep, workers, limit, func(ap agentPod, rep *Report) error {
+		return r.rotateOne(ctx, ap, o, rep, skip[ap.node], lock)
+	}); err != nil {
 		return rep, err
 	}
 	if ctx.Err() != nil {

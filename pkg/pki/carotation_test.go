@@ -16,12 +16,8 @@ import (
 
 func ids(t *testing.T, bundle []byte) []string {
 	t.Helper()
-	certs, err := pki.ParseCABundle(bundle)
+	out, err := pki.BundleIDs(bundle)
 	must(t, err)
-	var out []string
-	for _, c := range certs {
-		out = append(out, pki.CAID(c))
-	}
 	return out
 }
 

@@ -46,19 +46,9 @@ func CheckKubeletCSR(csrPEM []byte, node string, serving bool, allowed NodeNames
 	refuse := func(format string, args ...any) (*x509.CertificateRequest, bool, error) {
 		return nil, false, fmt.Errorf("%w: %s", ErrCSRRefused, fmt.Sprintf(format, args...))
 	}
-	if len(csrPEM) > MaxCSRSize {
-		return refuse("request of %d bytes", len(csrPEM))
-	}
-	block, rest := pem.Decode(csrPEM)
-	if block == nil || block.Type != "CERTIFICATE REQUEST" || len(bytes.TrimSpace(rest)) > 0 || len(block.Headers) > 0 {
-		return refuse("not exactly one PEM CERTIFICATE REQUEST")
-	}
-	req, err := x509.ParseCertificateRequest(block.Bytes)
+	req, err := parseCSR(csrPEM)
 	if err != nil {
 		return refuse("%v", err)
-	}
-	if err := req.CheckSignature(); err != nil {
-		return refuse("not signed by its own key: %v", err)
 	}
 	want := "system:node:" + node
 	if req.Subject.CommonName != want {
@@ -141,19 +131,9 @@ func CheckClientCSR(csrPEM []byte) (*x509.CertificateRequest, error) {
 	refuse := func(format string, args ...any) (*x509.CertificateRequest, error) {
 		return nil, fmt.Errorf("%w: %s", ErrCSRRefused, fmt.Sprintf(format, args...))
 	}
-	if len(csrPEM) > MaxCSRSize {
-		return refuse("request of %d bytes", len(csrPEM))
-	}
-	block, rest := pem.Decode(csrPEM)
-	if block == nil || block.Type != "CERTIFICATE REQUEST" || len(bytes.TrimSpace(rest)) > 0 || len(block.Headers) > 0 {
-		return refuse("not exactly one PEM CERTIFICATE REQUEST")
-	}
-	req, err := x509.ParseCertificateRequest(block.Bytes)
+	req, err := parseCSR(csrPEM)
 	if err != nil {
 		return refuse("%v", err)
-	}
-	if err := req.CheckSignature(); err != nil {
-		return refuse("not signed by its own key: %v", err)
 	}
 	if req.Subject.CommonName == "" {
 		return refuse("no subject common name (the user name)")
@@ -163,6 +143,26 @@ func CheckClientCSR(csrPEM []byte) (*x509.CertificateRequest, error) {
 	}
 	if _, err := checkCSRKey(req); err != nil {
 		return refuse("%v", err)
+	}
+	return req, nil
+}
+
+// parseCSR parses exactly one PEM CERTIFICATE REQUEST of at most
+// MaxCSRSize bytes, signed by its own key.
+func parseCSR(csrPEM []byte) (*x509.CertificateRequest, error) {
+	if len(csrPEM) > MaxCSRSize {
+		return nil, fmt.Errorf("request of %d bytes", len(csrPEM))
+	}
+	block, rest := pem.Decode(csrPEM)
+	if block == nil || block.Type != "CERTIFICATE REQUEST" || len(bytes.TrimSpace(rest)) > 0 || len(block.Headers) > 0 {
+		return nil, errors.New("not exactly one PEM CERTIFICATE REQUEST")
+	}
+	req, err := x509.ParseCertificateRequest(block.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	if err := req.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("not signed by its own key: %w", err)
 	}
 	return req, nil
 }

@@ -66,6 +66,19 @@ func ParseCABundle(data []byte) ([]*x509.Certificate, error) {
 	return certs, nil
 }
 
+// BundleIDs are the ids (CAID) of the CAs of a PEM bundle, in its order.
+func BundleIDs(data []byte) ([]string, error) {
+	certs, err := ParseCABundle(data)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, 0, len(certs))
+	for _, c := range certs {
+		ids = append(ids, CAID(c))
+	}
+	return ids, nil
+}
+
 // ReadCABundle reads a CA bundle file below root (see ReadFile).
 func ReadCABundle(root, rel string) ([]*x509.Certificate, error) {
 	data, err := ReadFile(root, rel)

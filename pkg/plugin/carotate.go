@@ -248,19 +248,11 @@ func toCAReport(rep *orchestrator.CAReport, runErr error) *report.RotationReport
 		}
 		sort.Strings(names)
 		for _, name := range names {
-			rot.CAs = append(rot.CAs, report.CAPair{Name: name, Old: pemID(rec.Old[name]), New: pemID(rec.New[name])})
+			rot.CAs = append(rot.CAs, report.CAPair{Name: name, Old: orchestrator.CertID(rec.Old[name]), New: orchestrator.CertID(rec.New[name])})
 		}
 		out.CARotation = rot
 	}
 	return out
-}
-
-func pemID(p string) string {
-	c, err := pki.ParseCertificatePEM([]byte(p))
-	if err != nil {
-		return ""
-	}
-	return pki.CAID(c)
 }
 
 func printCAPhaseTable(out io.Writer, rep *report.RotationReport) {

@@ -43,13 +43,9 @@ func (e *env) caIDs(node string, ca pki.CA) []string {
 }
 
 func bundleIDs(t interface{ Fatalf(string, ...any) }, data []byte) []string {
-	certs, err := pki.ParseCABundle(data)
+	ids, err := pki.BundleIDs(data)
 	if err != nil {
 		t.Fatalf("CA bundle: %v", err)
-	}
-	var ids []string
-	for _, c := range certs {
-		ids = append(ids, pki.CAID(c))
 	}
 	return ids
 }
